@@ -1,0 +1,110 @@
+// Runtime-dispatched SIMD kernels: one table of function pointers per ISA, chosen once.
+//
+// Every kernel that produces a score computes it as one fused multiply-add chain over the
+// dimensions in increasing order, starting from 0: s = fma(a[d-1], b[d-1], ... fma(a[0], b[0], 0)).
+// Vector kernels parallelise across *outputs*, never across the dimension, so the scalar, AVX2 and
+// AVX-512 paths return bit-identical scores and every decision taken on them (argmax, top-k,
+// k-means labels) is the same at every SIMD level.
+#pragma once
+
+#include <cstdint>
+
+#include "mudg_fast/common.hpp"
+
+namespace mudg_fast {
+
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+const char* simd_level_name(SimdLevel level) noexcept;
+/// Parses "scalar" | "avx2" | "avx512"; throws Error otherwise.
+SimdLevel parse_simd_level(const char* name);
+/// The best level this CPU (and OS) supports.
+SimdLevel detected_simd_level() noexcept;
+/// The active level: min(detected, MUDG_SIMD cap, set_simd_level()).
+SimdLevel simd_level();
+/// Tests and benchmarks only: switch the active level. Throws Error if the CPU lacks it.
+void set_simd_level(SimdLevel level);
+
+/// Database vectors live in blocks of kBlock vectors stored dimension-major ("transposed"):
+/// value of vector j (0..15) in dimension k sits at block[k * kBlock + j]. Unused slots are zero.
+constexpr int kBlock = 16;
+
+/// How the columns ("database") of a tile kernel are encoded. Bytes per block: f32 64*d,
+/// f16 32*d, sq8 16*d, sq4 8*d (byte j of a dimension holds vector j in its low nibble and
+/// vector j+8 in its high nibble).
+enum class Codec : int { f32 = 0, f16 = 1, sq8 = 2, sq4 = 3 };
+
+inline idx_t block_bytes(Codec codec, idx_t d) noexcept {
+    switch (codec) {
+        case Codec::f32: return 64 * d;
+        case Codec::f16: return 32 * d;
+        case Codec::sq8: return 16 * d;
+        case Codec::sq4: return 8 * d;
+    }
+    return 0;
+}
+
+/// One call of a tile kernel: rows = packed "A" panels (queries), columns = blocks ("database").
+/// Panel p holds rows [p*mr, p*mr+mr) as a[p*mr*d + k*mr + r] (see pack_rows).
+struct TileArgs {
+    const float* a = nullptr;      ///< IN packed rows, ceil(n_rows/mr) panels
+    idx_t n_rows = 0;              ///< valid rows
+    const void* b = nullptr;       ///< IN ceil(n_cols/16) consecutive blocks, 64-byte aligned
+    idx_t n_cols = 0;              ///< valid columns
+    idx_t d = 0;                   ///< dimension
+    Codec codec = Codec::f32;
+    const float* lut = nullptr;    ///< IN sq4 only: reconstruction values [d][16]
+    const float* col_bias = nullptr;  ///< IN optional [n_cols], added to each column's score
+};
+
+/// Called by the top-k kernel for each (row, col) whose score >= thresholds[row]; the sink may
+/// raise thresholds[row]. `col` is relative to the call.
+using CandidateSink = void (*)(void* ctx, idx_t row, idx_t col, float score);
+
+struct Kernels {
+    SimdLevel level;
+    int mr;  ///< rows per packed A panel for this ISA
+
+    /// scores[r * ld + c] = score(r, c) for all valid rows and columns.
+    void (*scores)(const TileArgs& t, float* out, idx_t ld);
+    /// For each row: if max_c score(r, c) > best[r], best[r] = that score and best_id[r] =
+    /// col_offset + (lowest such c). Columns are scanned in increasing order, so call in
+    /// increasing col_offset to keep "ties go to the lower column".
+    /// `lanes` is scratch of 32 * round_up(n_rows, mr) 4-byte words.
+    void (*argmax)(const TileArgs& t, idx_t col_offset, float* best, idx_t* best_id, void* lanes);
+    /// For each (row, col) with score >= thresholds[row], in increasing col order per row panel,
+    /// calls sink(ctx, row, col, score).
+    void (*topk)(const TileArgs& t, float* thresholds, CandidateSink sink, void* ctx);
+    /// Packs n rows (src + i*stride, or src + ids[i]*stride when ids) of d floats into
+    /// ceil(n/16) f32 blocks at out (zero-padded).
+    void (*pack_blocks_f32)(const float* src, idx_t stride, const idx_t* ids, idx_t n, idx_t d,
+                            float* out);
+};
+
+/// The active kernel table (resolved on first use; thread-safe).
+const Kernels& kernels();
+/// A specific level's table (tests compare levels against each other).
+const Kernels& kernels_for(SimdLevel level);
+
+// Per-ISA tables, defined in src/kernels/<isa>.cpp.
+namespace scalar { const Kernels& table(); }
+namespace avx2 { const Kernels& table(); }
+namespace avx512 { const Kernels& table(); }
+
+/// Packs n rows (src + i*stride, or src + ids[i]*stride when ids) into ceil(n/mr) A panels:
+/// out[p*mr*d + k*mr + r]; padding rows are zero. When `scale` is given, element k is multiplied
+/// by scale[k] (scalar quantiser pre-scaling).
+void pack_rows(const float* src, idx_t stride, const idx_t* ids, idx_t n, idx_t d, int mr,
+               const float* scale, float* out);
+
+/// Size in floats of the A panels for n rows.
+inline idx_t packed_rows_size(idx_t n, idx_t d, int mr) noexcept {
+    return (n + mr - 1) / mr * mr * d;
+}
+inline idx_t n_blocks(idx_t n) noexcept { return (n + kBlock - 1) / kBlock; }
+
+/// IEEE half <-> float, exact for every half value (round-to-nearest-even on the way down).
+float half_to_float(std::uint16_t h) noexcept;
+std::uint16_t float_to_half(float f) noexcept;
+
+}  // namespace mudg_fast

@@ -1,0 +1,302 @@
+#include "mudg_fast/topk.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+
+#include "mudg_fast/parallel.hpp"
+
+namespace mudg_fast {
+
+namespace {
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+/// 64-byte aligned float buffer (blocks and panels are read with full-width loads).
+struct AlignedFloats {
+    std::vector<float> storage;
+    float* ptr = nullptr;
+    void resize(idx_t n) {  // grows only; contents are not preserved
+        if (static_cast<idx_t>(storage.size()) < n + 16) storage = std::vector<float>(n + 16);
+        auto addr = reinterpret_cast<std::uintptr_t>(storage.data());
+        ptr = storage.data() + ((64 - addr % 64) % 64) / sizeof(float);
+    }
+};
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// TopkHeaps
+
+void TopkHeaps::reset(idx_t n_rows, int k) {
+    n_rows_ = n_rows;
+    k_ = k;
+    scores_.assign(static_cast<size_t>(n_rows * k), kNegInf);
+    ids_.assign(static_cast<size_t>(n_rows * k), -1);
+    thr_.assign(static_cast<size_t>(n_rows), kNegInf);
+    size_.assign(static_cast<size_t>(n_rows), 0);
+}
+
+void TopkHeaps::push(idx_t row, float score, idx_t id) noexcept {
+    float* hs = scores_.data() + row * k_;
+    idx_t* hi = ids_.data() + row * k_;
+    int& n = size_[row];
+    // "worse(a, b)": a ranks below b. The heap keeps the worst entry at index 0.
+    auto worse = [&](int a, int b) { return better(hs[b], hi[b], hs[a], hi[a]); };
+    if (n < k_) {
+        int i = n++;
+        hs[i] = score;
+        hi[i] = id;
+        while (i > 0) {
+            const int parent = (i - 1) / 2;
+            if (!worse(i, parent)) break;
+            std::swap(hs[i], hs[parent]);
+            std::swap(hi[i], hi[parent]);
+            i = parent;
+        }
+        if (n == k_) thr_[row] = hs[0];
+        return;
+    }
+    if (!better(score, id, hs[0], hi[0])) return;
+    hs[0] = score;
+    hi[0] = id;
+    int i = 0;
+    for (;;) {
+        const int l = 2 * i + 1, r = l + 1;
+        int w = i;
+        if (l < n && worse(l, w)) w = l;
+        if (r < n && worse(r, w)) w = r;
+        if (w == i) break;
+        std::swap(hs[i], hs[w]);
+        std::swap(hi[i], hi[w]);
+        i = w;
+    }
+    thr_[row] = hs[0];
+}
+
+void TopkHeaps::extract(idx_t row, float* scores, idx_t* ids) const {
+    const int n = size_[row];
+    std::vector<int> order(n);
+    for (int i = 0; i < n; ++i) order[i] = i;
+    const float* hs = scores_.data() + row * k_;
+    const idx_t* hi = ids_.data() + row * k_;
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return better(hs[a], hi[a], hs[b], hi[b]); });
+    for (int i = 0; i < n; ++i) {
+        scores[i] = hs[order[i]];
+        ids[i] = hi[order[i]];
+    }
+    for (int i = n; i < k_; ++i) {
+        scores[i] = kNegInf;
+        ids[i] = -1;
+    }
+}
+
+void TopkHeaps::merge_row(idx_t dst, const TopkHeaps& other, idx_t src) noexcept {
+    const float* hs = other.scores_.data() + src * other.k_;
+    const idx_t* hi = other.ids_.data() + src * other.k_;
+    for (int i = 0; i < other.size_[src]; ++i) push(dst, hs[i], hi[i]);
+}
+
+void HeapSink::sink(void* ctx, idx_t row, idx_t col, float score) {
+    auto& c = *static_cast<HeapSink*>(ctx);
+    const idx_t hr = c.row_map ? c.row_map[row] : c.row_base + row;
+    c.heaps->push(hr, score, c.col_ids ? c.col_ids[col] : c.col_base + col);
+    c.call_thresholds[row] = c.heaps->threshold(hr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocked search driver.
+//
+// Rows ("queries") are packed into the ISA's A panels, columns ("database") into 16-wide blocks.
+// Small databases are packed once and the work is split over row groups: each query is owned by
+// one task, nothing to merge. Large databases are streamed: queries are taken a chunk at a time,
+// the database is split into chunks packed by whichever thread takes them, each thread keeps its
+// own per-query state, and the states are merged in thread order. Because every reduction uses
+// the same total order (score, then lower id), the result does not depend on which thread saw
+// which chunk.
+
+namespace {
+
+constexpr idx_t kDbChunk = 256;                 // database rows packed per task (large mode)
+constexpr idx_t kRowGroup = 96;                 // query rows per kernel call (L2 resident)
+constexpr idx_t kSmallDbFloats = idx_t{16} << 20;  // pack the whole database below this
+
+/// k == 1: running best per row.
+struct BestState {
+    std::vector<float> best;
+    std::vector<idx_t> ids;
+    std::vector<std::uint32_t> lanes;
+    void reset(idx_t rows, int mr) {
+        best.assign(rows, kNegInf);
+        ids.assign(rows, -1);
+        lanes.resize(static_cast<size_t>(32 * ((kRowGroup + mr - 1) / mr * mr)));
+    }
+    void run(const Kernels& K, TileArgs& t, idx_t row0, idx_t col_base) {
+        K.argmax(t, col_base, best.data() + row0, ids.data() + row0, lanes.data());
+    }
+    void merge_into(BestState& dst, idx_t rows) const {
+        for (idx_t r = 0; r < rows; ++r)
+            if (ids[r] >= 0 && TopkHeaps::better(best[r], ids[r], dst.best[r], dst.ids[r] < 0 ? INT64_MAX : dst.ids[r])) {
+                dst.best[r] = best[r];
+                dst.ids[r] = ids[r];
+            }
+    }
+    void write(idx_t row, float* s, idx_t* i) const {
+        *s = best[row];
+        *i = ids[row];
+    }
+};
+
+struct HeapState {
+    int k = 1;
+    TopkHeaps heaps;
+    void reset(idx_t rows, int) { heaps.reset(rows, k); }
+    void run(const Kernels& K, TileArgs& t, idx_t row0, idx_t col_base) {
+        HeapSink ctx;
+        ctx.heaps = &heaps;
+        ctx.call_thresholds = heaps.thresholds() + row0;
+        ctx.row_base = row0;
+        ctx.col_base = col_base;
+        K.topk(t, ctx.call_thresholds, HeapSink::sink, &ctx);
+    }
+    void merge_into(HeapState& dst, idx_t rows) const {
+        for (idx_t r = 0; r < rows; ++r) dst.heaps.merge_row(r, heaps, r);
+    }
+    void write(idx_t row, float* s, idx_t* i) const { heaps.extract(row, s, i); }
+};
+
+template <class State>
+void search_driver(MatrixView<const float> db, MatrixView<const float> q, const idx_t* qids, idx_t nq,
+                   const float* col_bias, State proto, int n_threads,
+                   const std::function<void(idx_t, const State&, idx_t)>& emit) {
+    const Kernels& K = kernels();
+    const idx_t n = db.rows, d = db.cols;
+    const int mr = K.mr;
+
+    if (n * d <= kSmallDbFloats) {
+        AlignedFloats packed;
+        packed.resize(n_blocks(n) * kBlock * d);
+        parallel_for(n_blocks(n), 64, n_threads, [&](idx_t b0, idx_t b1, int) {
+            const idx_t r0 = b0 * kBlock, r1 = std::min(n, b1 * kBlock);
+            K.pack_blocks_f32(db.data + r0 * db.stride, db.stride, nullptr, r1 - r0, d,
+                              packed.ptr + b0 * kBlock * d);
+        });
+        const int nt = effective_threads(nq, kRowGroup, n_threads);
+        std::vector<AlignedFloats> bufs(nt);
+        std::vector<State> states(nt, proto);
+        parallel_for(nq, kRowGroup, n_threads, [&](idx_t i0, idx_t i1, int tid) {
+            const idx_t rows = i1 - i0;
+            AlignedFloats& a = bufs[tid];
+            a.resize(packed_rows_size(kRowGroup, d, mr));
+            pack_rows(qids ? q.data : q.data + i0 * q.stride, q.stride, qids ? qids + i0 : nullptr, rows, d, mr,
+                      nullptr, a.ptr);
+            State& st = states[tid];
+            st.reset(rows, mr);
+            TileArgs t;
+            t.a = a.ptr;
+            t.n_rows = rows;
+            t.d = d;
+            // Column chunks keep one call's blocks within a few MB.
+            const idx_t col_chunk = std::max<idx_t>(kBlock, (idx_t{1} << 20) / d / kBlock * kBlock);
+            for (idx_t c0 = 0; c0 < n; c0 += col_chunk) {
+                t.b = packed.ptr + c0 * d;
+                t.n_cols = std::min(col_chunk, n - c0);
+                t.col_bias = col_bias ? col_bias + c0 : nullptr;
+                st.run(K, t, 0, c0);
+            }
+            for (idx_t r = 0; r < rows; ++r) emit(i0 + r, st, r);
+        });
+        return;
+    }
+
+    // Large database: stream it chunk by chunk for each chunk of queries.
+    const int nt = resolve_threads(n_threads);
+    const idx_t q_chunk = std::min<idx_t>(nq, 8192);
+    AlignedFloats a;
+    for (idx_t q0 = 0; q0 < nq; q0 += q_chunk) {
+        const idx_t rows = std::min(q_chunk, nq - q0);
+        a.resize(packed_rows_size(rows, d, mr));
+        parallel_for(rows, kRowGroup, n_threads, [&](idx_t r0, idx_t r1, int) {
+            pack_rows(q.data + (qids ? 0 : (q0 + r0) * q.stride), q.stride, qids ? qids + q0 + r0 : nullptr,
+                      r1 - r0, d, mr, nullptr, a.ptr + r0 * d);
+        });
+        std::vector<State> states(nt, proto);
+        std::vector<char> used(nt, 0);
+        std::vector<AlignedFloats> bufs(nt);
+        parallel_for(n, kDbChunk, n_threads, [&](idx_t c0, idx_t c1, int tid) {
+            State& st = states[tid];
+            if (!used[tid]) {
+                st.reset(rows, mr);
+                used[tid] = 1;
+            }
+            AlignedFloats& buf = bufs[tid];
+            buf.resize(kDbChunk * d);
+            K.pack_blocks_f32(db.data + c0 * db.stride, db.stride, nullptr, c1 - c0, d, buf.ptr);
+            TileArgs t;
+            t.b = buf.ptr;
+            t.n_cols = c1 - c0;
+            t.d = d;
+            t.col_bias = col_bias ? col_bias + c0 : nullptr;
+            for (idx_t r0 = 0; r0 < rows; r0 += kRowGroup) {
+                t.a = a.ptr + r0 * d;
+                t.n_rows = std::min(kRowGroup, rows - r0);
+                st.run(K, t, r0, c0);
+            }
+        });
+        State total = proto;
+        total.reset(rows, mr);
+        for (int tid = 0; tid < nt; ++tid)
+            if (used[tid]) states[tid].merge_into(total, rows);
+        for (idx_t r = 0; r < rows; ++r) emit(q0 + r, total, r);
+    }
+}
+
+}  // namespace
+
+void exact_search(MatrixView<const float> database, MatrixView<const float> queries, int k,
+                  MatrixView<float> out_scores, MatrixView<idx_t> out_ids, int n_threads) {
+    MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
+    MUDG_CHECK(database.cols == queries.cols, "queries have %lld dimensions but the database has %lld",
+               (long long)queries.cols, (long long)database.cols);
+    for (idx_t i = 0; i < queries.rows; ++i)
+        for (int j = 0; j < k; ++j) {
+            out_scores.row(i)[j] = kNegInf;
+            out_ids.row(i)[j] = -1;
+        }
+    if (database.rows == 0 || queries.rows == 0) return;
+    if (k == 1) {
+        std::vector<float> s(queries.rows);
+        std::vector<idx_t> ids(queries.rows);
+        nearest(database, queries, s.data(), ids.data(), n_threads);
+        for (idx_t i = 0; i < queries.rows; ++i) {
+            out_scores.row(i)[0] = s[i];
+            out_ids.row(i)[0] = ids[i];
+        }
+        return;
+    }
+    HeapState proto;
+    proto.k = static_cast<int>(std::min<idx_t>(k, database.rows));
+    search_driver<HeapState>(database, queries, nullptr, queries.rows, nullptr, proto, n_threads,
+                             [&](idx_t qi, const HeapState& st, idx_t r) {
+                                 std::vector<float> s(proto.k);
+                                 std::vector<idx_t> ids(proto.k);
+                                 st.write(r, s.data(), ids.data());
+                                 std::copy(s.begin(), s.end(), out_scores.row(qi));
+                                 std::copy(ids.begin(), ids.end(), out_ids.row(qi));
+                             });
+}
+
+void nearest(MatrixView<const float> database, MatrixView<const float> queries, float* out_scores,
+             idx_t* out_ids, int n_threads, const float* col_bias, const idx_t* query_ids,
+             idx_t n_query_ids) {
+    MUDG_CHECK(database.cols == queries.cols, "queries have %lld dimensions but the database has %lld",
+               (long long)queries.cols, (long long)database.cols);
+    const idx_t nq = query_ids ? n_query_ids : queries.rows;
+    for (idx_t i = 0; i < nq; ++i) {
+        out_scores[i] = kNegInf;
+        out_ids[i] = -1;
+    }
+    if (database.rows == 0 || nq == 0) return;
+    search_driver<BestState>(database, queries, query_ids, nq, col_bias, BestState{}, n_threads,
+                             [&](idx_t qi, const BestState& st, idx_t r) { st.write(r, out_scores + qi, out_ids + qi); });
+}
+
+}  // namespace mudg_fast

@@ -1,0 +1,42 @@
+"""mudg_fast: retrieval-based training-set construction from web-scale CLIP embeddings.
+
+The core (``knn``, ``KMeans``, ``PairedKMeans``, ``IVFIndex``) needs only numpy. CLIP encoding and
+fine-tuning live in ``mudg_fast.clip`` and ``mudg_fast.train`` and need the ``[clip]`` extra; they
+are imported lazily, so ``import mudg_fast`` never imports torch.
+"""
+
+from __future__ import annotations
+
+from . import _core, datasets
+from .kmeans import KMeans, PairedKMeans, kmeans, paired_kmeans
+from .search import knn
+
+__version__ = _core.__version__
+
+__all__ = [
+    "__version__",
+    "KMeans",
+    "PairedKMeans",
+    "kmeans",
+    "paired_kmeans",
+    "knn",
+    "simd_level",
+    "set_simd_level",
+    "detected_simd_level",
+]
+
+
+def simd_level() -> str:
+    """The active SIMD level: 'scalar', 'avx2' or 'avx512' (cap it with MUDG_SIMD=...)."""
+    return _core.simd_level()
+
+
+def detected_simd_level() -> str:
+    """The best SIMD level this CPU supports."""
+    return _core.detected_simd_level()
+
+
+def set_simd_level(level: str) -> None:
+    """Switch the active SIMD level at run time (tests and benchmarks). Raises ValueError if the
+    CPU lacks it."""
+    _core.set_simd_level(level)

@@ -1,0 +1,69 @@
+"""Input validation and conversion: the one place where arrays are copied."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["as_matrix", "as_ids", "check_k", "resolve_threads"]
+
+_FLOAT_KINDS = "fiu"  # float, signed and unsigned integers convert to float32 exactly enough
+
+
+def as_matrix(x, *, name: str = "X", dim: int | None = None, allow_1d: bool = False,
+              allow_empty: bool = False, check_finite: bool = True) -> np.ndarray:
+    """Returns a C-contiguous float32 2-D view of ``x``, copying only when dtype or layout differ.
+
+    Accepts anything ``np.asarray`` accepts with a real numeric dtype (float16/32/64, integers).
+    Raises TypeError for non-numeric input and ValueError for a wrong shape, an empty array
+    (unless ``allow_empty``), or NaN/inf values.
+    """
+    a = np.asarray(x)
+    if a.dtype.kind not in _FLOAT_KINDS or a.dtype == np.bool_:
+        raise TypeError(f"{name} must be a numeric array (float32 preferred), got dtype {a.dtype}")
+    if a.ndim == 1 and allow_1d:
+        a = a[None, :]
+    if a.ndim != 2:
+        want = f"(n, {dim})" if dim is not None else "(n, d)"
+        raise ValueError(f"{name} must be a 2-D array of shape {want}, got shape {a.shape}")
+    if a.shape[1] == 0:
+        raise ValueError(f"{name} has zero columns; vectors need at least one dimension")
+    if dim is not None and a.shape[1] != dim:
+        raise ValueError(f"{name} has {a.shape[1]} dimensions but {dim} are expected")
+    if a.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty (shape {a.shape}); pass at least one row")
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    if check_finite and a.size and not _core.all_finite(a):
+        raise ValueError(f"{name} contains NaN or infinite values; clean or drop those rows first")
+    return a
+
+
+def as_ids(ids, n: int, *, name: str = "ids") -> np.ndarray:
+    """int64 C-contiguous 1-D array of length n."""
+    a = np.asarray(ids)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def check_k(k, name: str = "k") -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1, got {k}")
+    return int(k)
+
+
+def resolve_threads(num_threads) -> int:
+    """None -> 0 (the core's default: OMP_NUM_THREADS or all cores)."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or num_threads < 1:
+        raise ValueError(f"num_threads must be None or a positive integer, got {num_threads!r}")
+    return int(num_threads)

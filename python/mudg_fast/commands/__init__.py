@@ -1,0 +1,1 @@
+"""Subcommands of the ``mudg-fast`` CLI (see mudg_fast.cli)."""

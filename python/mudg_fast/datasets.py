@@ -1,0 +1,50 @@
+"""Built-in data: the COCO-500 real CLIP embeddings and synthetic generators."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+
+__all__ = ["load_coco500", "clustered_unit_vectors"]
+
+
+def load_coco500() -> tuple[np.ndarray, np.ndarray]:
+    """500 real COCO val2017 image/caption pairs embedded with OpenAI CLIP ViT-B/16 (MIT licence,
+    from the "Mind the Gap" repository; see mudg_fast/data/COCO500_README.md).
+
+    Returns (images, captions), both float32 (500, 512), L2-normalised; row i of each is one pair.
+    Measured: matched cosine 0.310, random 0.162, modality-mean distance 0.851, exact
+    caption->image recall@1 0.506.
+    """
+    root = resources.files("mudg_fast") / "data"
+    with resources.as_file(root / "coco500_image_emb.npy") as p:
+        images = np.load(p)
+    with resources.as_file(root / "coco500_text_emb.npy") as p:
+        captions = np.load(p)
+    return images.astype(np.float32, copy=False), captions.astype(np.float32, copy=False)
+
+
+def clustered_unit_vectors(n: int, d: int, *, n_clusters: int = 1000, spread: float = 0.5,
+                           seed: int = 0, dtype=np.float32) -> np.ndarray:
+    """Seeded benchmark data: unit vectors around ``n_clusters`` random unit centres.
+
+    Each vector is ``normalise(centre + spread * g / sqrt(d))`` with Gaussian ``g``, so the
+    cosine to its centre is about ``1 / sqrt(1 + spread**2)`` (0.89 for the default). Cluster
+    sizes are uneven (Zipf-like weights), as in real embedding collections. Generated in chunks,
+    so memory stays at the size of the output.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.5
+    weights /= weights.sum()
+    out = np.empty((n, d), dtype=dtype)
+    chunk = 65536
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        which = rng.choice(n_clusters, size=m, p=weights)
+        x = centres[which] + (spread / np.sqrt(d)) * rng.standard_normal((m, d), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[s:s + m] = x
+    return out
