@@ -8,6 +8,7 @@ are imported lazily, so ``import mudg_fast`` never imports torch.
 from __future__ import annotations
 
 from . import _core, datasets
+from .index import IVFIndex
 from .kmeans import KMeans, PairedKMeans, kmeans, paired_kmeans
 from .search import knn
 
@@ -15,6 +16,7 @@ __version__ = _core.__version__
 
 __all__ = [
     "__version__",
+    "IVFIndex",
     "KMeans",
     "PairedKMeans",
     "kmeans",

@@ -79,6 +79,8 @@ struct Kernels {
     /// ceil(n/16) f32 blocks at out (zero-padded).
     void (*pack_blocks_f32)(const float* src, idx_t stride, const idx_t* ids, idx_t n, idx_t d,
                             float* out);
+    /// dst[i] = half(src[i]), round to nearest even (identical to float_to_half()).
+    void (*f32_to_f16)(const float* src, idx_t n, std::uint16_t* dst);
 };
 
 /// The active kernel table (resolved on first use; thread-safe).

@@ -77,7 +77,11 @@ void k_pack_blocks_f32(const float* src, idx_t stride, const idx_t* ids, idx_t n
         }
 }
 
-const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32};
+void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
+    for (idx_t i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+
+const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16};
 
 }  // namespace
 

@@ -1,0 +1,142 @@
+// IvfIndex: an inverted-file index over 16-vector blocks with f32 / f16 / SQ8 / SQ4 codes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mudg_fast/common.hpp"
+#include "mudg_fast/simd.hpp"
+
+namespace mudg_fast {
+
+/// How a batch of queries is scanned. list_major groups queries by probed list so that every
+/// list is read once per batch by the tile kernels; per_query scans each query's lists on its
+/// own. Both return identical results; auto picks list_major for batches of 32 queries or more.
+enum class SearchMode : int { automatic = 0, list_major = 1, per_query = 2 };
+
+/// Called from the calling thread with the number of rows done so far (rate-limited).
+using ProgressFn = std::function<void(idx_t done, idx_t total)>;
+
+/// Owned, 64-byte aligned, zero-initialised growable byte buffer.
+class AlignedBuffer {
+public:
+    AlignedBuffer() = default;
+    AlignedBuffer(const AlignedBuffer& o) { *this = o; }
+    AlignedBuffer& operator=(const AlignedBuffer& o);
+    AlignedBuffer(AlignedBuffer&& o) noexcept { swap(o); }
+    AlignedBuffer& operator=(AlignedBuffer&& o) noexcept { swap(o); return *this; }
+    ~AlignedBuffer();
+    void swap(AlignedBuffer& o) noexcept;
+    /// Grows to at least n bytes (geometric), new bytes zeroed.
+    void resize(std::size_t n);
+    std::uint8_t* data() noexcept { return data_; }
+    const std::uint8_t* data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0, capacity_ = 0;
+};
+
+/// A read-only view of a file mapped into memory (or read into memory when mapping is off).
+class FileMapping;
+
+class IvfIndex {
+public:
+    IvfIndex(idx_t dim, idx_t nlist, Codec codec);
+    ~IvfIndex();
+    IvfIndex(const IvfIndex&) = delete;
+    IvfIndex& operator=(const IvfIndex&) = delete;
+
+    idx_t dim() const noexcept { return dim_; }
+    idx_t nlist() const noexcept { return nlist_; }
+    Codec codec() const noexcept { return codec_; }
+    idx_t ntotal() const noexcept { return ntotal_; }
+    bool has_centroids() const noexcept { return !centroids_.empty(); }
+    bool codec_trained() const noexcept { return codec_ == Codec::f32 || codec_ == Codec::f16 || !sq_a_.empty(); }
+    bool is_trained() const noexcept { return has_centroids() && codec_trained(); }
+
+    /// centroids [nlist x dim]; allowed only while the index is empty.
+    void set_centroids(MatrixView<const float> centroids);
+    const std::vector<float>& centroids() const noexcept { return centroids_; }
+
+    /// Trains the scalar quantiser on `sample` (SQ8: per-dimension range from the 0.05% and
+    /// 99.95% quantiles; SQ4: 16 per-dimension levels by 1-D Lloyd-Max from quantile starts).
+    /// f32 / f16 need no training. Allowed only while the index is empty.
+    void train_codec(MatrixView<const float> sample);
+    /// Codec parameters: SQ8 (a = vmin[d], b = step[d]); SQ4 (a = levels[d*16], b unused).
+    const std::vector<float>& codec_a() const noexcept { return sq_a_; }
+    const std::vector<float>& codec_b() const noexcept { return sq_b_; }
+    void set_codec_params(std::vector<float> a, std::vector<float> b);
+
+    /// Assigns every row to its nearest centroid (inner product) and appends its code.
+    /// ids: null -> ntotal, ntotal+1, ...
+    void add(MatrixView<const float> x, const idx_t* ids, int n_threads = 0, const ProgressFn& progress = {});
+
+    /// Top-k by (approximate, code-based) inner product over the nprobe nearest lists.
+    /// out_[scores|ids] are [q.rows x k], best first, padded with (-inf, -1).
+    void search(MatrixView<const float> q, int k, int nprobe, MatrixView<float> out_scores,
+                MatrixView<idx_t> out_ids, int n_threads = 0, SearchMode mode = SearchMode::automatic) const;
+
+    /// Decoded vectors for ids (out [n x dim]); throws Error for an id not in the index.
+    void reconstruct(const idx_t* ids, idx_t n, float* out) const;
+    std::vector<idx_t> list_sizes() const;
+    /// Ids of list l, in storage order.
+    std::vector<idx_t> list_ids(idx_t l) const;
+
+    /// Appends every vector of `other` (same dim, nlist, codec, centroids and codec params),
+    /// keeping its ids as they are.
+    void merge_from(const IvfIndex& other);
+
+    /// Writes the versioned binary format (see docs in ivf_io.cpp) to `path` (not atomic by
+    /// itself: the Python layer writes a temporary file and renames it).
+    void save(const std::string& path) const;
+    /// Reads a file written by save(). mmap: list data stays in the mapped file until a list is
+    /// modified. verify: check every checksum (header and directory are always checked).
+    static std::unique_ptr<IvfIndex> load(const std::string& path, bool mmap, bool verify);
+
+    /// Bytes of list storage (codes + ids).
+    std::size_t memory_bytes() const;
+
+private:
+    struct List {
+        AlignedBuffer codes;             // owned blocks
+        std::vector<idx_t> ids;          // owned ids
+        const std::uint8_t* ext_codes = nullptr;  // or: inside a mapped file
+        const idx_t* ext_ids = nullptr;
+        idx_t size = 0;
+        const std::uint8_t* code_ptr() const { return ext_codes ? ext_codes : codes.data(); }
+        const idx_t* id_ptr() const { return ext_ids ? ext_ids : ids.data(); }
+    };
+
+    void make_owned(List& list) const;
+    void append(List& list, MatrixView<const float> x, const idx_t* rows, idx_t m, const idx_t* new_ids,
+                float* scratch) const;
+    void encode_block(const float* block_f32, std::uint8_t* out) const;
+    void encode_slot(const float* v, std::uint8_t* block, int slot) const;
+    void decode(const List& list, idx_t pos, float* out) const;
+    void build_id_map() const;
+
+    idx_t dim_, nlist_;
+    Codec codec_;
+    idx_t ntotal_ = 0;
+    std::vector<float> centroids_;
+    std::vector<float> sq_a_, sq_b_;   // codec parameters
+    std::vector<float> sq4_mid_;       // SQ4 decision thresholds [d][15], derived from levels
+    std::vector<List> lists_;
+    std::shared_ptr<FileMapping> mapping_;
+    // id -> (list, position), built lazily for reconstruct()
+    mutable std::vector<std::pair<idx_t, std::int64_t>> id_map_;
+    mutable bool id_map_valid_ = false;
+
+    friend struct IvfIo;
+};
+
+/// 64-bit checksum used by the file format (own design, xxHash-style lanes; documented in
+/// ivf_io.cpp). Stable across platforms.
+std::uint64_t checksum64(const void* data, std::size_t n, std::uint64_t seed = 0) noexcept;
+
+}  // namespace mudg_fast

@@ -1,0 +1,346 @@
+// IvfIndex persistence: a versioned, checksummed, mmap-friendly binary format.
+//
+// File format, version 1 (all integers little-endian; offsets are from the start of the file):
+//
+//   Header, 128 bytes
+//     0  char[8] magic "MUDGIVF\0"
+//     8  u32     format version (1)
+//    12  u32     header size (128)
+//    16  i64     dim
+//    24  i64     nlist
+//    32  i64     ntotal
+//    40  u32     codec: 0 f32, 1 f16, 2 sq8, 3 sq4
+//    44  u32     metric: 0 inner product
+//    48  u64     centroids offset: nlist * dim float32, row-major
+//    56  u64     codec parameter offset: float32 values (sq8: vmin[dim] then step[dim];
+//                sq4: levels[dim][16]; f32/f16: none)
+//    64  u64     codec parameter count
+//    72  u64     directory offset: nlist entries of (u64 codes offset, i64 size, u64 ids offset)
+//    80  u64     data offset: start of the list data
+//    88  u64     file size
+//    96  u64     checksum of bytes [centroids offset, data offset) (centroids, parameters, directory)
+//   104  u64     data checksum: checksum64 of the 2*nlist u64 values (checksum of list l's code
+//                bytes, checksum of its id bytes) for l = 0..nlist-1
+//   112  u64     reserved, 0
+//   120  u64     checksum of header bytes [0, 120)
+//   List data: for each list, ceil(size/16) code blocks (the in-memory block layout, see
+//     simd.hpp) starting on a 64-byte boundary, then `size` int64 ids on an 8-byte boundary.
+//   Footer, 16 bytes at file size - 16: char[8] "MUDGEND\0", u64 file size.
+//
+// checksum64 is an xxHash64-style construction (four 64-bit lanes over 32-byte stripes, then
+// 8-byte words and single bytes, final avalanche), defined by the code below.
+#include <cerrno>
+#include <cstring>
+
+#include "mudg_fast/ivf.hpp"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define MUDG_HAVE_MMAP 1
+#endif
+
+namespace mudg_fast {
+
+static_assert(sizeof(idx_t) == 8, "ids are 64-bit");
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the IVF file format is little-endian; big-endian hosts are not supported"
+#endif
+
+namespace {
+
+constexpr std::uint64_t P1 = 0x9E3779B185EBCA87ull, P2 = 0xC2B2AE3D27D4EB4Full, P3 = 0x165667B19E3779F9ull;
+constexpr std::uint64_t P4 = 0x85EBCA77C2B2AE63ull, P5 = 0x27D4EB2F165667C5ull;
+inline std::uint64_t rotl(std::uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+inline std::uint64_t load64(const std::uint8_t* p) {
+    std::uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+}
+inline std::uint64_t round64(std::uint64_t acc, std::uint64_t w) { return rotl(acc + w * P2, 31) * P1; }
+inline std::uint64_t merge64(std::uint64_t h, std::uint64_t v) { return (h ^ round64(0, v)) * P1 + P4; }
+
+constexpr char kMagic[8] = {'M', 'U', 'D', 'G', 'I', 'V', 'F', '\0'};
+constexpr char kEndMagic[8] = {'M', 'U', 'D', 'G', 'E', 'N', 'D', '\0'};
+constexpr std::uint32_t kVersion = 1;
+constexpr std::uint64_t kHeaderSize = 128, kFooterSize = 16;
+
+struct Header {
+    char magic[8];
+    std::uint32_t version, header_size;
+    std::int64_t dim, nlist, ntotal;
+    std::uint32_t codec, metric;
+    std::uint64_t centroids_offset, params_offset, params_count, directory_offset, data_offset, file_size;
+    std::uint64_t meta_checksum, data_checksum, reserved, header_checksum;
+};
+static_assert(sizeof(Header) == kHeaderSize, "header layout");
+
+struct DirEntry {
+    std::uint64_t codes_offset;
+    std::int64_t size;
+    std::uint64_t ids_offset;
+};
+static_assert(sizeof(DirEntry) == 24, "directory layout");
+
+std::uint64_t align_up(std::uint64_t x, std::uint64_t a) { return (x + a - 1) / a * a; }
+
+struct Writer {
+    std::FILE* f;
+    std::string path;
+    std::uint64_t pos = 0;
+    void write(const void* p, std::size_t n) {
+        if (n && std::fwrite(p, 1, n, f) != n)
+            MUDG_CHECK(false, "cannot write '%s': %s", path.c_str(), std::strerror(errno));
+        pos += n;
+    }
+    void pad_to(std::uint64_t off) {
+        static const std::uint8_t zeros[64] = {};
+        while (pos < off) write(zeros, static_cast<std::size_t>(std::min<std::uint64_t>(64, off - pos)));
+    }
+};
+
+}  // namespace
+
+std::uint64_t checksum64(const void* data, std::size_t n, std::uint64_t seed) noexcept {
+    const auto* p = static_cast<const std::uint8_t*>(data);
+    const std::uint8_t* end = p + n;
+    std::uint64_t h;
+    if (n >= 32) {
+        std::uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
+        for (; p + 32 <= end; p += 32) {
+            v1 = round64(v1, load64(p));
+            v2 = round64(v2, load64(p + 8));
+            v3 = round64(v3, load64(p + 16));
+            v4 = round64(v4, load64(p + 24));
+        }
+        h = rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18);
+        h = merge64(h, v1);
+        h = merge64(h, v2);
+        h = merge64(h, v3);
+        h = merge64(h, v4);
+    } else {
+        h = seed + P5;
+    }
+    h += static_cast<std::uint64_t>(n);
+    for (; p + 8 <= end; p += 8) h = rotl(h ^ round64(0, load64(p)), 27) * P1 + P4;
+    for (; p < end; ++p) h = rotl(h ^ (*p * P5), 11) * P1;
+    h ^= h >> 33;
+    h *= P2;
+    h ^= h >> 29;
+    h *= P3;
+    h ^= h >> 32;
+    return h;
+}
+
+/// The whole file, mapped read-only (or read into memory).
+class FileMapping {
+public:
+    FileMapping(const std::string& path, bool use_mmap) : path_(path) {
+#ifdef MUDG_HAVE_MMAP
+        const int fd = ::open(path.c_str(), O_RDONLY);
+        MUDG_CHECK(fd >= 0, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
+        struct stat st;
+        if (::fstat(fd, &st) != 0) {
+            ::close(fd);
+            MUDG_CHECK(false, "cannot stat '%s': %s", path.c_str(), std::strerror(errno));
+        }
+        size_ = static_cast<std::size_t>(st.st_size);
+        if (use_mmap && size_ > 0) {
+            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+            ::close(fd);
+            MUDG_CHECK(p != MAP_FAILED, "cannot map '%s': %s", path.c_str(), std::strerror(errno));
+            data_ = static_cast<const std::uint8_t*>(p);
+            mapped_ = true;
+            return;
+        }
+        ::close(fd);
+#endif
+        std::FILE* f = std::fopen(path.c_str(), "rb");
+        MUDG_CHECK(f, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
+        std::fseek(f, 0, SEEK_END);
+        const long len = std::ftell(f);
+        std::fseek(f, 0, SEEK_SET);
+        size_ = len > 0 ? static_cast<std::size_t>(len) : 0;
+        buffer_.resize(size_);
+        const std::size_t got = size_ ? std::fread(buffer_.data(), 1, size_, f) : 0;
+        std::fclose(f);
+        MUDG_CHECK(got == size_, "cannot read '%s'", path.c_str());
+        data_ = buffer_.data();
+    }
+    ~FileMapping() {
+#ifdef MUDG_HAVE_MMAP
+        if (mapped_) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+#endif
+    }
+    const std::uint8_t* data() const { return data_; }
+    std::size_t size() const { return size_; }
+
+private:
+    std::string path_;
+    const std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0;
+    bool mapped_ = false;
+    AlignedBuffer buffer_;
+};
+
+struct IvfIo {
+    static void save(const IvfIndex& ix, const std::string& path);
+    static std::unique_ptr<IvfIndex> load(const std::string& path, bool mmap, bool verify);
+};
+
+void IvfIo::save(const IvfIndex& ix, const std::string& path) {
+    MUDG_CHECK(ix.has_centroids(), "cannot save an index without centroids: train it first");
+    const idx_t d = ix.dim_, nlist = ix.nlist_;
+    const std::uint64_t bbytes = static_cast<std::uint64_t>(block_bytes(ix.codec_, d));
+    std::vector<float> params(ix.sq_a_);
+    params.insert(params.end(), ix.sq_b_.begin(), ix.sq_b_.end());
+
+    Header h{};
+    std::memcpy(h.magic, kMagic, 8);
+    h.version = kVersion;
+    h.header_size = kHeaderSize;
+    h.dim = d;
+    h.nlist = nlist;
+    h.ntotal = ix.ntotal_;
+    h.codec = static_cast<std::uint32_t>(ix.codec_);
+    h.metric = 0;
+    h.centroids_offset = kHeaderSize;
+    h.params_offset = h.centroids_offset + static_cast<std::uint64_t>(nlist * d) * 4;
+    h.params_count = params.size();
+    h.directory_offset = align_up(h.params_offset + params.size() * 4, 8);
+    h.data_offset = align_up(h.directory_offset + static_cast<std::uint64_t>(nlist) * sizeof(DirEntry), 64);
+
+    // Layout and checksums of the list data.
+    std::vector<DirEntry> dir(static_cast<std::size_t>(nlist));
+    std::vector<std::uint64_t> list_sums(static_cast<std::size_t>(2 * nlist));
+    std::uint64_t off = h.data_offset;
+    for (idx_t l = 0; l < nlist; ++l) {
+        const auto& L = ix.lists_[l];
+        const std::uint64_t cbytes = static_cast<std::uint64_t>(n_blocks(L.size)) * bbytes;
+        dir[l].codes_offset = align_up(off, 64);
+        dir[l].size = L.size;
+        dir[l].ids_offset = align_up(dir[l].codes_offset + cbytes, 8);
+        off = dir[l].ids_offset + static_cast<std::uint64_t>(L.size) * 8;
+        list_sums[2 * l] = checksum64(L.code_ptr(), static_cast<std::size_t>(cbytes));
+        list_sums[2 * l + 1] = checksum64(L.id_ptr(), static_cast<std::size_t>(L.size * 8));
+    }
+    h.file_size = off + kFooterSize;
+    h.data_checksum = checksum64(list_sums.data(), list_sums.size() * 8);
+
+    // The meta region is assembled in memory so that its checksum covers exactly what is written.
+    std::vector<std::uint8_t> meta(static_cast<std::size_t>(h.data_offset - h.centroids_offset), 0);
+    std::memcpy(meta.data(), ix.centroids_.data(), static_cast<std::size_t>(nlist * d) * 4);
+    if (!params.empty()) std::memcpy(meta.data() + (h.params_offset - kHeaderSize), params.data(), params.size() * 4);
+    std::memcpy(meta.data() + (h.directory_offset - kHeaderSize), dir.data(), dir.size() * sizeof(DirEntry));
+    h.meta_checksum = checksum64(meta.data(), meta.size());
+    h.header_checksum = checksum64(&h, offsetof(Header, header_checksum));
+
+    Writer w{std::fopen(path.c_str(), "wb"), path};
+    MUDG_CHECK(w.f, "cannot create '%s': %s", path.c_str(), std::strerror(errno));
+    try {
+        w.write(&h, sizeof(h));
+        w.write(meta.data(), meta.size());
+        for (idx_t l = 0; l < nlist; ++l) {
+            const auto& L = ix.lists_[l];
+            w.pad_to(dir[l].codes_offset);
+            w.write(L.code_ptr(), static_cast<std::size_t>(n_blocks(L.size) * bbytes));
+            w.pad_to(dir[l].ids_offset);
+            w.write(L.id_ptr(), static_cast<std::size_t>(L.size * 8));
+        }
+        w.write(kEndMagic, 8);
+        w.write(&h.file_size, 8);
+        MUDG_CHECK(std::fflush(w.f) == 0, "cannot write '%s': %s", path.c_str(), std::strerror(errno));
+#ifdef MUDG_HAVE_MMAP
+        ::fsync(fileno(w.f));
+#endif
+    } catch (...) {
+        std::fclose(w.f);
+        throw;
+    }
+    MUDG_CHECK(std::fclose(w.f) == 0, "cannot close '%s': %s", path.c_str(), std::strerror(errno));
+    MUDG_ASSERT(w.pos == h.file_size);
+}
+
+std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool verify) {
+    auto map = std::make_shared<FileMapping>(path, mmap);
+    const std::uint8_t* base = map->data();
+    const std::uint64_t size = map->size();
+    const char* p = path.c_str();
+    MUDG_CHECK(size >= 8 && std::memcmp(base, kMagic, 8) == 0, "'%s' is not a mudg_fast IVF index file", p);
+    MUDG_CHECK(size >= kHeaderSize + kFooterSize, "'%s' is truncated (%llu bytes)", p, (unsigned long long)size);
+    Header h;
+    std::memcpy(&h, base, sizeof(h));
+    MUDG_CHECK(h.version <= kVersion,
+               "'%s' uses file format version %u, newer than this mudg_fast supports (%u): upgrade mudg_fast", p,
+               h.version, kVersion);
+    MUDG_CHECK(h.version >= 1 && h.header_size == kHeaderSize, "'%s' has an invalid header", p);
+    MUDG_CHECK(checksum64(&h, offsetof(Header, header_checksum)) == h.header_checksum,
+               "'%s' is corrupted (header checksum mismatch)", p);
+    MUDG_CHECK(h.file_size == size, "'%s' is truncated or damaged: the header says %llu bytes, the file has %llu", p,
+               (unsigned long long)h.file_size, (unsigned long long)size);
+    MUDG_CHECK(std::memcmp(base + size - kFooterSize, kEndMagic, 8) == 0, "'%s' is corrupted (bad footer)", p);
+    MUDG_CHECK(h.dim >= 1 && h.nlist >= 1 && h.ntotal >= 0 && h.codec <= 3 && h.metric == 0,
+               "'%s' has an invalid header (dim %lld, nlist %lld, codec %u)", p, (long long)h.dim,
+               (long long)h.nlist, h.codec);
+    const std::uint64_t d = static_cast<std::uint64_t>(h.dim), nlist = static_cast<std::uint64_t>(h.nlist);
+    MUDG_CHECK(d < (1ull << 24) && nlist < (1ull << 31), "'%s' has an invalid header", p);
+    const auto codec = static_cast<Codec>(h.codec);
+    const std::uint64_t want_params = codec == Codec::sq8 ? 2 * d : codec == Codec::sq4 ? 16 * d : 0;
+    MUDG_CHECK(h.centroids_offset == kHeaderSize && h.params_offset == kHeaderSize + nlist * d * 4 &&
+                   h.params_count == want_params && h.directory_offset >= h.params_offset + 4 * want_params &&
+                   h.data_offset >= h.directory_offset + nlist * sizeof(DirEntry) &&
+                   h.data_offset <= size - kFooterSize,
+               "'%s' has an inconsistent layout", p);
+    MUDG_CHECK(checksum64(base + h.centroids_offset, h.data_offset - h.centroids_offset) == h.meta_checksum,
+               "'%s' is corrupted (centroid/directory checksum mismatch)", p);
+
+    auto ix = std::make_unique<IvfIndex>(h.dim, h.nlist, codec);
+    ix->set_centroids(MatrixView<const float>(reinterpret_cast<const float*>(base + h.centroids_offset), h.nlist, h.dim));
+    const auto* params = reinterpret_cast<const float*>(base + h.params_offset);
+    if (codec == Codec::sq8)
+        ix->set_codec_params(std::vector<float>(params, params + d), std::vector<float>(params + d, params + 2 * d));
+    else if (codec == Codec::sq4)
+        ix->set_codec_params(std::vector<float>(params, params + 16 * d), {});
+
+    const std::uint64_t bbytes = static_cast<std::uint64_t>(block_bytes(codec, h.dim));
+    std::vector<DirEntry> dir(nlist);
+    std::memcpy(dir.data(), base + h.directory_offset, nlist * sizeof(DirEntry));
+    std::vector<std::uint64_t> list_sums(2 * nlist);
+    std::int64_t total = 0;
+    const std::uint64_t data_end = size - kFooterSize;
+    for (std::uint64_t l = 0; l < nlist; ++l) {
+        const DirEntry& e = dir[l];
+        MUDG_CHECK(e.size >= 0 && e.size <= h.ntotal, "'%s' has an invalid directory entry", p);
+        const std::uint64_t cbytes = static_cast<std::uint64_t>(n_blocks(e.size)) * bbytes;
+        MUDG_CHECK(e.codes_offset >= h.data_offset && e.codes_offset % 64 == 0 && e.ids_offset % 8 == 0 &&
+                       e.codes_offset + cbytes <= e.ids_offset && e.ids_offset + 8 * e.size <= data_end,
+                   "'%s' has an invalid directory entry for list %llu", p, (unsigned long long)l);
+        total += e.size;
+        if (verify) {
+            list_sums[2 * l] = checksum64(base + e.codes_offset, cbytes);
+            list_sums[2 * l + 1] = checksum64(base + e.ids_offset, 8 * e.size);
+        }
+        auto& L = ix->lists_[l];
+        L.ext_codes = base + e.codes_offset;
+        L.ext_ids = reinterpret_cast<const idx_t*>(base + e.ids_offset);
+        L.size = e.size;
+    }
+    MUDG_CHECK(total == h.ntotal, "'%s' is inconsistent: lists hold %lld vectors, the header says %lld", p,
+               (long long)total, (long long)h.ntotal);
+    if (verify)
+        MUDG_CHECK(checksum64(list_sums.data(), list_sums.size() * 8) == h.data_checksum,
+                   "'%s' is corrupted (list data checksum mismatch)", p);
+    ix->ntotal_ = h.ntotal;
+    ix->mapping_ = std::move(map);
+    return ix;
+}
+
+void IvfIndex::save(const std::string& path) const { IvfIo::save(*this, path); }
+
+std::unique_ptr<IvfIndex> IvfIndex::load(const std::string& path, bool mmap, bool verify) {
+    return IvfIo::load(path, mmap, verify);
+}
+
+}  // namespace mudg_fast

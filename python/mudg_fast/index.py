@@ -1,0 +1,253 @@
+"""IVFIndex: a cross-modal inverted-file index (faiss conventions, native core)."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_ids, as_matrix, check_k, resolve_threads
+from .kmeans import KMeans, PairedKMeans
+
+__all__ = ["IVFIndex", "CODECS", "atomic_write"]
+
+CODECS = ("f32", "f16", "sq8", "sq4")
+_CODEC_TRAIN_SAMPLE = 65536
+
+
+def atomic_write(path, write, *, suffix=".tmp"):
+    """Calls ``write(tmp_path)`` on a temporary file next to ``path`` and renames it into place.
+
+    The previous content of ``path`` survives any failure (disk full, crash, Ctrl-C)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _seeded_sample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded random sample of at most n rows (never "the first n rows"), in row order."""
+    if x.shape[0] <= n:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], n, replace=False))
+    return np.ascontiguousarray(x[rows])
+
+
+class IVFIndex:
+    """Inverted-file index for maximum inner product search over L2-normalised embeddings.
+
+    Parameters
+    ----------
+    dim : vector dimension.
+    nlist : number of inverted lists (cells).
+    codec : storage of the vectors in the lists: "f32" (exact), "f16", "sq8" (8-bit per-dimension
+        scalar quantiser, range from trimmed quantiles), "sq4" (4-bit, 16 per-dimension levels fitted
+        by 1-D Lloyd-Max).
+    metric : "ip" (inner product; cosine for normalised vectors).
+
+    Usage follows faiss: ``train`` (or ``train_paired`` / ``set_centroids``), ``add``, ``search``.
+    Large query batches are searched list-major (each probed list is scanned once per batch by
+    GEMM-style tile kernels); small batches per query; both give identical results.
+    """
+
+    def __init__(self, dim: int, nlist: int, *, codec: str = "f32", metric: str = "ip",
+                 num_threads: int | None = None):
+        for name, v in (("dim", dim), ("nlist", nlist)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+        if metric != "ip":
+            raise ValueError(f"metric must be 'ip' (inner product), got {metric!r}")
+        self.metric = metric
+        self.num_threads = num_threads
+        self._ix = _core.IvfIndex(int(dim), int(nlist), codec)
+        self._source = None  # memory map or other object the native index points into
+
+    @classmethod
+    def _wrap(cls, native, num_threads=None):
+        self = cls.__new__(cls)
+        self.metric = "ip"
+        self.num_threads = num_threads
+        self._ix = native
+        self._source = None
+        return self
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._ix.dim
+
+    @property
+    def nlist(self) -> int:
+        return self._ix.nlist
+
+    @property
+    def codec(self) -> str:
+        return self._ix.codec
+
+    @property
+    def ntotal(self) -> int:
+        return self._ix.ntotal
+
+    @property
+    def is_trained(self) -> bool:
+        return self._ix.is_trained
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """float32 (nlist, dim) copy of the coarse centroids."""
+        return self._ix.centroids()
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self):
+        return (f"IVFIndex(dim={self.dim}, nlist={self.nlist}, codec={self.codec!r}, ntotal={self.ntotal}, "
+                f"trained={self.is_trained})")
+
+    # -- training ---------------------------------------------------------------------------------
+    def _check_empty(self, what):
+        if self.ntotal:
+            raise RuntimeError(f"{what} on an index that already holds {self.ntotal} vectors; "
+                               "train before adding")
+
+    def train(self, x, *, max_iter: int = 20, seed: int = 0, max_points_per_centroid: int = 256,
+              verbose: bool = False) -> "IVFIndex":
+        """Spherical k-means centroids on x (a seeded sample of nlist * max_points_per_centroid
+        rows when x is larger), and the codec's parameters on a seeded sample of x."""
+        self._check_empty("train()")
+        x = as_matrix(x, name="x", dim=self.dim)
+        if x.shape[0] < self.nlist:
+            raise ValueError(f"need at least nlist={self.nlist} training vectors, got {x.shape[0]}")
+        km = KMeans(self.nlist, max_iter=max_iter, seed=seed, spherical=True,
+                    max_points_per_centroid=max_points_per_centroid, num_threads=self.num_threads,
+                    verbose=verbose).fit(x)
+        self._ix.set_centroids(km.cluster_centers_)
+        self.train_codec(x, seed=seed)
+        return self
+
+    def train_paired(self, images, captions, pairing: str = "nearest", *, max_iter: int = 20, seed: int = 0,
+                     max_points_per_centroid: int = 256, verbose: bool = False) -> "IVFIndex":
+        """Paired k-means centroids in caption space (SPEC §1), so that text queries probe the
+        cells that hold their nearest images; the codec is trained on the images."""
+        self._check_empty("train_paired()")
+        images = as_matrix(images, name="images", dim=self.dim)
+        captions = as_matrix(captions, name="captions", dim=self.dim)
+        if captions.shape[0] < self.nlist:
+            raise ValueError(f"need at least nlist={self.nlist} training pairs, got {captions.shape[0]}")
+        pk = PairedKMeans(self.nlist, max_iter=max_iter, seed=seed, spherical=True,
+                          max_points_per_centroid=max_points_per_centroid, num_threads=self.num_threads,
+                          verbose=verbose).fit(images, captions, pairing=pairing)
+        self._ix.set_centroids(pk.cluster_centers_)
+        self.train_codec(images, seed=seed)
+        return self
+
+    def set_centroids(self, centroids) -> "IVFIndex":
+        """Use given coarse centroids (nlist, dim). Quantised codecs still need train_codec()."""
+        self._check_empty("set_centroids()")
+        c = as_matrix(centroids, name="centroids", dim=self.dim)
+        if c.shape[0] != self.nlist:
+            raise ValueError(f"centroids must have {self.nlist} rows, got {c.shape[0]}")
+        self._ix.set_centroids(c)
+        return self
+
+    def train_codec(self, x, *, seed: int = 0) -> "IVFIndex":
+        """Fits the scalar quantiser (sq8/sq4) on a seeded random sample of x; no-op for f32/f16."""
+        self._check_empty("train_codec()")
+        if self.codec in ("sq8", "sq4"):
+            x = as_matrix(x, name="x", dim=self.dim)
+            self._ix.train_codec(_seeded_sample(x, _CODEC_TRAIN_SAMPLE, seed))
+        return self
+
+    # -- adding and searching ---------------------------------------------------------------------
+    def add(self, x, ids=None, *, progress=None) -> "IVFIndex":
+        """Adds vectors (n, dim). ``ids``: int64 (n,), by default ntotal, ntotal+1, ...
+        ``progress``: optional callable(done, total) called from the native loop."""
+        if not self._ix.has_centroids:
+            raise RuntimeError("add() before train(): train the index (or set_centroids) first")
+        if not self._ix.codec_trained:
+            raise RuntimeError(f"add() before the {self.codec} codec is trained: call train_codec()")
+        x = as_matrix(x, name="x", dim=self.dim, allow_empty=True)
+        if ids is not None:
+            ids = as_ids(ids, x.shape[0])
+        self._ix.add(x, ids, resolve_threads(self.num_threads), progress)
+        return self
+
+    def search(self, queries, k: int, *, nprobe: int = 8, mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product over the nprobe nearest lists of each query.
+
+        Returns (scores float32 (nq, k), ids int64 (nq, k)), best first, padded with (-inf, -1).
+        ``mode``: "auto" | "list_major" | "per_query" (identical results; a speed choice).
+        """
+        k = check_k(k)
+        nprobe = check_k(nprobe, "nprobe")
+        if not self._ix.has_centroids:
+            raise RuntimeError("search() on an untrained index: call train() first")
+        q = as_matrix(queries, name="queries", dim=self.dim, allow_1d=True, allow_empty=True)
+        return self._ix.search(q, k, nprobe, resolve_threads(self.num_threads), mode)
+
+    def reconstruct(self, ids) -> np.ndarray:
+        """Decoded vectors (n, dim) float32 for the given ids (KeyError-like ValueError if absent)."""
+        a = np.asarray(ids)
+        scalar = a.ndim == 0
+        a = as_ids(a.reshape(-1), a.size)
+        out = self._ix.reconstruct(a)
+        return out[0] if scalar else out
+
+    def list_sizes(self) -> np.ndarray:
+        """int64 (nlist,): vectors per list."""
+        return self._ix.list_sizes()
+
+    def list_ids(self, list_no: int) -> np.ndarray:
+        """int64 ids stored in one list, in storage order."""
+        return self._ix.list_ids(int(list_no))
+
+    def memory_bytes(self) -> int:
+        return self._ix.memory_bytes()
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Writes the versioned, checksummed binary format atomically (temporary file, then rename)."""
+        atomic_write(path, lambda tmp: self._ix.save(str(tmp)))
+
+    @classmethod
+    def load(cls, path, *, mmap: bool = True, verify: bool = True, num_threads: int | None = None) -> "IVFIndex":
+        """Reads an index written by save(). ``mmap``: list data is paged in from the file on use
+        (the file must stay in place). ``verify``: check every checksum (header and directory are
+        always checked). Truncated, corrupted or newer-version files raise ValueError."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no index file at {path!r}")
+        return cls._wrap(_core.IvfIndex.load(path, bool(mmap), bool(verify)), num_threads)
+
+    def merge(self, other: "IVFIndex") -> "IVFIndex":
+        """Appends all vectors of ``other`` (trained with the same centroids and codec), keeping
+        their ids unchanged: give the shards disjoint ids when you add them."""
+        if not isinstance(other, IVFIndex):
+            raise TypeError(f"merge() takes an IVFIndex, got {type(other).__name__}")
+        self._ix.merge_from(other._ix)
+        return self
+
+    # -- interoperability -------------------------------------------------------------------------
+    def to_faiss(self):
+        """An equivalent faiss index (needs faiss): IndexIVFFlat for f32, IndexIVFScalarQuantizer
+        (QT_fp16 / QT_8bit) for f16 / sq8, with our centroids and lists. sq4 uses non-uniform
+        per-dimension levels that faiss's QT_4bit (uniform) cannot express: it is exported as
+        IndexIVFFlat holding the decoded vectors. See README for details."""
+        from .interop import ivf_to_faiss
+
+        return ivf_to_faiss(self)
