@@ -354,7 +354,7 @@ void IvfIndex::add(MatrixView<const float> x, const idx_t* ids, int n_threads, c
             }
         });
         ntotal_ += m;
-        if (progress && (clock::now() - last_report > std::chrono::milliseconds(100) || c0 + m == n)) {
+        if (progress && (c0 == 0 || clock::now() - last_report > std::chrono::milliseconds(100) || c0 + m == n)) {
             progress(c0 + m, n);
             last_report = clock::now();
         }

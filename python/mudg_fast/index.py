@@ -29,6 +29,7 @@ def atomic_write(path, write, *, suffix=".tmp"):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _final_mode(path))  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -36,6 +37,16 @@ def atomic_write(path, write, *, suffix=".tmp"):
         except FileNotFoundError:
             pass
         raise
+
+
+def _final_mode(path: Path) -> int:
+    """The existing file's permissions, or 0666 minus the umask for a new file."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def _seeded_sample(x: np.ndarray, n: int, seed: int) -> np.ndarray:

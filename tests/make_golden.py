@@ -1,0 +1,46 @@
+"""Regenerates tests/data/ivf_v1_*.bin and their expectations (run only when the format changes
+on purpose: the committed files pin format version 1)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import mudg_fast
+
+HERE = Path(__file__).parent / "data"
+
+
+def golden_inputs():
+    # Small integers / powers of two only, so every value is exact in float32 and float16.
+    rng = np.random.default_rng(20261129)
+    x = rng.integers(-8, 9, size=(40, 8)).astype(np.float32) / 8
+    q = rng.integers(-8, 9, size=(3, 8)).astype(np.float32) / 8
+    centroids = np.eye(4, 8, dtype=np.float32) - np.eye(4, 8, k=4, dtype=np.float32)
+    ids = np.arange(1000, 1040, dtype=np.int64)
+    return x, q, centroids, ids
+
+
+def build(codec):
+    x, q, centroids, ids = golden_inputs()
+    ix = mudg_fast.IVFIndex(8, 4, codec=codec).set_centroids(centroids)
+    if codec == "sq8":
+        ix._ix.set_codec_params(np.full(8, -1.0, np.float32), np.full(8, 2.0 / 255, np.float32))
+    ix.add(x, ids)
+    return ix
+
+
+def main():
+    x, q, centroids, ids = golden_inputs()
+    expect = {}
+    for codec in ("f32", "sq8"):
+        ix = build(codec)
+        path = HERE / f"ivf_v1_{codec}.bin"
+        ix.save(path)
+        s, i = ix.search(q, 5, nprobe=2)
+        expect[codec] = {"list_sizes": ix.list_sizes().tolist(), "ids": i.tolist(), "scores": s.tolist()}
+    (HERE / "ivf_v1_expected.json").write_text(json.dumps(expect, indent=1))
+
+
+if __name__ == "__main__":
+    main()
