@@ -27,13 +27,16 @@ int default_threads() {
 
 namespace {
 std::atomic<InterruptHandler> g_interrupt{nullptr};
+thread_local bool t_worker = false;
 }
+
+void set_worker_thread(bool worker) noexcept { t_worker = worker; }
 
 void set_interrupt_handler(InterruptHandler handler) { g_interrupt.store(handler); }
 
 void poll_interrupt() {
     const InterruptHandler handler = g_interrupt.load(std::memory_order_relaxed);
-    if (!handler) return;
+    if (!handler || t_worker) return;
     using clock = std::chrono::steady_clock;
     thread_local clock::time_point last{};
     const auto now = clock::now();

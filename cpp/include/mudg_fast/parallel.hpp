@@ -26,8 +26,11 @@ inline int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : d
 /// default never interrupts. Called only from the thread that entered the core.
 using InterruptHandler = bool (*)();
 void set_interrupt_handler(InterruptHandler handler);
-/// Rate-limited (about every 20 ms) check; throws Interrupted. Call from the calling thread only.
+/// Rate-limited (about every 20 ms) check; throws Interrupted. A no-op on parallel_for's worker
+/// threads: only the thread that entered the core talks to Python.
 void poll_interrupt();
+/// Marks the current thread as a parallel_for worker (tid != 0) for poll_interrupt().
+void set_worker_thread(bool worker) noexcept;
 
 /// Runs body(begin, end, thread_id) over [0, n) in chunks of `grain`, dynamically scheduled.
 /// Chunk boundaries depend only on n and grain, never on the thread count, so per-chunk results
@@ -52,6 +55,7 @@ void parallel_for(idx_t n, idx_t grain, int n_threads, Body&& body) {
     auto run_chunk = [&](idx_t c, int tid) {
         if (stop.load(std::memory_order_relaxed)) return;
         try {
+            set_worker_thread(tid != 0);
             if (tid == 0) poll_interrupt();
             body(c * grain, std::min(n, (c + 1) * grain), tid);
         } catch (...) {
