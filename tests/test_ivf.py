@@ -22,7 +22,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def corpus():
     xb = mudg_fast.datasets.clustered_unit_vectors(6000, 40, n_clusters=60, seed=3)
-    xq = mudg_fast.datasets.clustered_unit_vectors(150, 40, n_clusters=60, seed=4)
+    xq = mudg_fast.datasets.clustered_unit_vectors(150, 40, n_clusters=60, seed=4, centre_seed=3)
     return xb, xq
 
 
@@ -101,7 +101,7 @@ def test_codec_accuracy_ordering(trained, corpus):
     assert r["f32"] == 1.0
     assert r["f16"] >= 0.99
     assert r["sq8"] >= 0.93
-    assert r["sq4"] >= 0.6
+    assert r["sq4"] >= 0.55
     assert r["f32"] >= r["f16"] >= r["sq8"] >= r["sq4"]
     err = {c: np.abs(trained[c].reconstruct(np.arange(500)) - xb[:500]).mean() for c in CODECS}
     assert err["f32"] == 0 and err["f16"] < 1e-3 and err["sq8"] < err["sq4"]
@@ -118,6 +118,24 @@ def test_sq4_levels_beat_uniform_4bit_on_reconstruction(corpus):
     step = (hi - lo) / 15
     uni = lo + np.clip(np.round((xb - lo) / step), 0, 15) * step
     assert ours < 0.8 * ((uni - xb) ** 2).mean()
+
+
+def test_sq4_recall_beats_faiss_4bit():
+    """Same data, same 4 bits per dimension, every list probed: ranking quality of the codes."""
+    faiss = pytest.importorskip("faiss")
+    xb = mudg_fast.datasets.clustered_unit_vectors(20_000, 256, n_clusters=300, seed=11)
+    xq = mudg_fast.datasets.clustered_unit_vectors(200, 256, n_clusters=300, seed=12, centre_seed=11)
+    _, gt = mudg_fast.knn(xq, xb, 10)
+    ours = IVFIndex(256, 16, codec="sq4").train(xb, seed=0)
+    ours.add(xb)
+    r_ours = recall(ours.search(xq, 10, nprobe=16)[1], gt)
+    fx = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(256), 256, 16, faiss.ScalarQuantizer.QT_4bit,
+                                       faiss.METRIC_INNER_PRODUCT)
+    fx.train(xb)
+    fx.add(xb)
+    fx.nprobe = 16
+    r_faiss = recall(fx.search(xq, 10)[1], gt)
+    assert r_ours > r_faiss + 0.02, (r_ours, r_faiss)
 
 
 def test_add_with_ids_and_incremental_adds(corpus):
@@ -371,3 +389,25 @@ def test_paired_training_recall_gain_on_coco(coco500):
         gains.append(recall(pai.search(captions, 10, nprobe=1)[1], gt) - recall(std.search(captions, 10, nprobe=1)[1], gt))
     assert np.mean(gains[:3]) >= 0.08, gains
     assert np.mean(gains) >= 0.08, gains
+
+
+def test_rerank_rescores_the_shortlist_exactly(trained, corpus):
+    xb, xq = corpus
+    ix = trained["sq4"]
+    _, gt = mudg_fast.knn(xq, xb, 10)
+    plain = recall(ix.search(xq, 10, nprobe=24)[1], gt)
+    s, i = ix.search(xq, 10, nprobe=24, rerank=60, source=xb)
+    assert recall(i, gt) > plain + 0.2
+    for row in range(len(xq)):  # scores are exact inner products, best first, ids valid
+        np.testing.assert_allclose(s[row], xb[i[row]] @ xq[row], rtol=1e-5, atol=1e-6)
+    # a callable source and a memory map work the same
+    s2, i2 = ix.search(xq, 10, nprobe=24, rerank=60, source=lambda ids: xb[ids])
+    np.testing.assert_array_equal(i, i2)
+    # with f32 codes, reranking the top k changes nothing but rounding
+    f = trained["f32"]
+    a, b = f.search(xq, 10, nprobe=3), f.search(xq, 10, nprobe=3, rerank=10, source=xb)
+    np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="source"):
+        ix.search(xq, 10, rerank=20)
+    with pytest.raises(ValueError, match="source returned shape"):
+        ix.search(xq, 10, rerank=20, source=lambda ids: xb[ids][:, :5])

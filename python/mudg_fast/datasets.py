@@ -26,19 +26,22 @@ def load_coco500() -> tuple[np.ndarray, np.ndarray]:
 
 
 def clustered_unit_vectors(n: int, d: int, *, n_clusters: int = 1000, spread: float = 0.5,
-                           seed: int = 0, dtype=np.float32) -> np.ndarray:
+                           seed: int = 0, centre_seed: int | None = None, dtype=np.float32) -> np.ndarray:
     """Seeded benchmark data: unit vectors around ``n_clusters`` random unit centres.
 
     Each vector is ``normalise(centre + spread * g / sqrt(d))`` with Gaussian ``g``, so the
     cosine to its centre is about ``1 / sqrt(1 + spread**2)`` (0.89 for the default). Cluster
-    sizes are uneven (Zipf-like weights), as in real embedding collections. Generated in chunks,
-    so memory stays at the size of the output.
+    sizes are uneven (Zipf-like weights), as in real embedding collections. The centres come from
+    ``centre_seed`` (default: ``seed``), the points from ``seed``: draw queries from the same
+    clusters as a database with the same ``centre_seed`` and another ``seed``. Generated in
+    chunks, so memory stays at the size of the output.
     """
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    crng = np.random.default_rng(seed if centre_seed is None else centre_seed)
+    centres = crng.standard_normal((n_clusters, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.5
     weights /= weights.sum()
+    rng = np.random.default_rng([seed, 1])
     out = np.empty((n, d), dtype=dtype)
     chunk = 65536
     for s in range(0, n, chunk):

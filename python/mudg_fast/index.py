@@ -57,6 +57,33 @@ def _seeded_sample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x[rows])
 
 
+def _rerank_exact(q: np.ndarray, cand: np.ndarray, k: int, source, dim: int):
+    """Exact inner products of each query with its candidate ids; best k, ties to the lower id."""
+    nq, short = cand.shape
+    scores = np.full((nq, k), -np.inf, np.float32)
+    ids = np.full((nq, k), -1, np.int64)
+    fetch = source if callable(source) else (lambda sel: np.asarray(source[sel]))
+    for s0 in range(0, nq, 256):  # bounded memory: 256 queries' shortlists at a time
+        c = cand[s0:s0 + 256]
+        valid = c >= 0
+        flat, inverse = np.unique(c[valid], return_inverse=True)
+        if not len(flat):
+            continue
+        vecs = np.asarray(fetch(flat), dtype=np.float32)
+        if vecs.shape != (len(flat), dim):
+            raise ValueError(f"source returned shape {vecs.shape} for {len(flat)} ids; expected ({len(flat)}, {dim})")
+        exact = np.full(c.shape, -np.inf, np.float32)
+        rows = np.nonzero(valid)[0]
+        exact[valid] = np.einsum("nd,nd->n", vecs[inverse], q[s0:s0 + 256][rows])
+        key_ids = np.where(valid, c, np.iinfo(np.int64).max)
+        order = np.lexsort((key_ids, -exact), axis=1)[:, :k]
+        take = min(k, short)
+        scores[s0:s0 + 256, :take] = np.take_along_axis(exact, order, 1)[:, :take]
+        ids[s0:s0 + 256, :take] = np.where(np.isfinite(scores[s0:s0 + 256, :take]),
+                                           np.take_along_axis(c, order, 1)[:, :take], -1)
+    return scores, ids
+
+
 class IVFIndex:
     """Inverted-file index for maximum inner product search over L2-normalised embeddings.
 
@@ -198,18 +225,29 @@ class IVFIndex:
         self._ix.add(x, ids, resolve_threads(self.num_threads), progress)
         return self
 
-    def search(self, queries, k: int, *, nprobe: int = 8, mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int, *, nprobe: int = 8, mode: str = "auto", rerank: int = 0,
+               source=None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product over the nprobe nearest lists of each query.
 
         Returns (scores float32 (nq, k), ids int64 (nq, k)), best first, padded with (-inf, -1).
         ``mode``: "auto" | "list_major" | "per_query" (identical results; a speed choice).
+        ``rerank``: with quantised codecs, take a shortlist of ``max(k, rerank)`` candidates from
+        the codes and re-score it exactly against ``source`` — the original vectors, as an array
+        or memory map indexed by id, or a callable ``ids -> (len(ids), dim) array``.
         """
         k = check_k(k)
         nprobe = check_k(nprobe, "nprobe")
         if not self._ix.has_centroids:
             raise RuntimeError("search() on an untrained index: call train() first")
         q = as_matrix(queries, name="queries", dim=self.dim, allow_1d=True, allow_empty=True)
-        return self._ix.search(q, k, nprobe, resolve_threads(self.num_threads), mode)
+        if not rerank:
+            return self._ix.search(q, k, nprobe, resolve_threads(self.num_threads), mode)
+        rerank = check_k(rerank, "rerank")
+        if source is None:
+            raise ValueError("rerank needs source=: the original vectors (array indexed by id, or a callable)")
+        short = max(k, rerank)
+        _, cand = self._ix.search(q, short, nprobe, resolve_threads(self.num_threads), mode)
+        return _rerank_exact(q, cand, k, source, self.dim)
 
     def reconstruct(self, ids) -> np.ndarray:
         """Decoded vectors (n, dim) float32 for the given ids (KeyError-like ValueError if absent)."""
