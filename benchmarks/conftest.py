@@ -1,0 +1,154 @@
+"""Shared machinery for the benchmark suites: timing, peers in subprocesses, the results table.
+
+Run everything:      python -m pytest benchmarks -p no:cacheprovider
+Run one group:       python -m pytest benchmarks/test_bench_kmeans.py
+Smaller (smoke) run: MUDG_BENCH_SCALE=0.1 python -m pytest benchmarks
+
+Each suite times mudg_fast with pytest-benchmark and its peers (faiss-cpu, numpy, scikit-learn) in
+the same run, records min/median/max and the ratio of medians, and writes
+``benchmarks/results/<group>.json``; ``benchmarks/RESULTS.md`` is regenerated from those files.
+faiss's bundled OpenBLAS reads OPENBLAS_CORETYPE when it loads, so every setting of it is
+measured in its own subprocess; the best is the reference.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mudg_fast
+
+HERE = Path(__file__).parent
+RESULTS_DIR = HERE / "results"
+SCALE = float(os.environ.get("MUDG_BENCH_SCALE", "1"))
+THREADS = int(os.environ.get("MUDG_BENCH_THREADS", "2"))
+CORETYPES = ("Haswell", "SkylakeX")
+
+
+def scaled(n: int, minimum: int = 1) -> int:
+    return max(minimum, int(round(n * SCALE)))
+
+
+def summary(times) -> dict:
+    t = sorted(float(x) for x in times)
+    return {"min": t[0], "median": statistics.median(t), "max": t[-1], "rounds": len(t)}
+
+
+def measure(fn, rounds: int, warmup: int = 0) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def ratio(peer: dict, ours: dict) -> dict:
+    """Speed-up of ours over the peer: median ratio and the worst/best pairing of the rounds."""
+    return {"median": peer["median"] / ours["median"], "low": peer["min"] / ours["max"],
+            "high": peer["max"] / ours["min"]}
+
+
+def run_peer(task: str, params: dict, coretype: str | None, timeout: int = 3600) -> dict:
+    """Runs benchmarks/peers.py TASK in a fresh interpreter with OPENBLAS_CORETYPE set.
+    Returns its JSON result, or {"error": ...} when the peer cannot run (e.g. SIGILL)."""
+    env = dict(os.environ)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    env["OMP_NUM_THREADS"] = str(THREADS)
+    cmd = [sys.executable, str(HERE / "peers.py"), task, json.dumps(params)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0:
+        reason = f"exit status {p.returncode}"
+        if p.returncode in (-4, 132):
+            reason = "illegal instruction (this CPU lacks the kernel's ISA)"
+        return {"error": reason, "stderr": p.stderr[-2000:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads_used": THREADS, "simd": mudg_fast.simd_level(),
+            "python": platform.python_version(), "numpy": np.__version__, "mudg_fast": mudg_fast.__version__,
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"), "scale": SCALE}
+    for mod in ("faiss", "sklearn"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            info[mod] = "not installed"
+    return info
+
+
+class Recorder:
+    def __init__(self):
+        self.groups: dict[str, dict] = {}
+
+    def group(self, name: str, title: str, targets: list[str]) -> dict:
+        g = self.groups.setdefault(name, {"group": name, "title": title, "targets": targets, "rows": [],
+                                          "notes": []})
+        return g
+
+    def row(self, group: str, **row):
+        self.groups[group]["rows"].append(row)
+
+    def note(self, group: str, text: str):
+        self.groups[group]["notes"].append(text)
+
+    def write(self):
+        if not self.groups:
+            return
+        RESULTS_DIR.mkdir(exist_ok=True)
+        stamp = _dt.datetime.now().isoformat(timespec="seconds")
+        info = machine_info()
+        for name, g in self.groups.items():
+            g["date"] = stamp
+            g["machine"] = info
+            (RESULTS_DIR / f"{name}.json").write_text(json.dumps(g, indent=1, default=float))
+        from report import write_results_md  # noqa: PLC0415
+
+        write_results_md(RESULTS_DIR, HERE / "RESULTS.md")
+
+
+RECORDER = Recorder()
+
+
+@pytest.fixture(scope="session")
+def recorder():
+    return RECORDER
+
+
+def pytest_sessionfinish(session, exitstatus):
+    RECORDER.write()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(THREADS)
+    except ImportError:
+        pass
+
+
+sys.path.insert(0, str(HERE))

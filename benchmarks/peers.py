@@ -1,0 +1,127 @@
+"""Peer implementations timed in a fresh process (so that OPENBLAS_CORETYPE takes effect).
+
+Usage: python peers.py TASK 'JSON_PARAMS'  -> prints one JSON line with the timings.
+Data comes from the same seeded generators as the in-process benchmarks, or from .npy files
+whose paths are passed in the parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _times(fn, rounds, warmup=0):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        r = fn()
+        out.append(time.perf_counter() - t0)
+    return out, r
+
+
+def _faiss():
+    import faiss
+
+    faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    return faiss
+
+
+def _load(p):
+    return np.load(p, mmap_mode=None)
+
+
+def task_numpy_matmul(p):
+    a = _load(p["x"])
+    b = _load(p["c"])
+    t, _ = _times(lambda: a @ b.T, p["rounds"], warmup=1)
+    return {"times": t}
+
+
+def task_faiss_kmeans(p):
+    faiss = _faiss()
+    x = _load(p["x"])
+    init = _load(p["init"])
+    km = faiss.Kmeans(x.shape[1], init.shape[0], niter=p["iters"], spherical=True, seed=p["seed"],
+                      max_points_per_centroid=10**9, verbose=False)
+    t0 = time.perf_counter()
+    km.train(x, init_centroids=init)
+    total = time.perf_counter() - t0
+    cum = [s["time"] for s in km.iteration_stats]
+    per_iter = [cum[0]] + [b - a for a, b in zip(cum, cum[1:])]
+    return {"times": per_iter, "total": total, "objective": km.iteration_stats[-1]["obj"]}
+
+
+def task_faiss_flat(p):
+    faiss = _faiss()
+    xb = _load(p["xb"])
+    xq = _load(p["xq"])
+    index = faiss.IndexFlatIP(xb.shape[1])
+    index.add(xb)
+    t, (D, I) = _times(lambda: index.search(xq, p["k"]), p["rounds"], warmup=p.get("warmup", 0))
+    np.save(p["out_ids"], I)
+    return {"times": t}
+
+
+_QT = {"f16": "QT_fp16", "sq8": "QT_8bit", "sq4": "QT_4bit"}
+
+
+def task_faiss_ivf(p):
+    """Builds faiss IVF indexes with the given centroids; times add and searches; recall vs gt."""
+    faiss = _faiss()
+    xb = _load(p["xb"])
+    cent = _load(p["centroids"])
+    gt = _load(p["gt"])
+    d, nlist = xb.shape[1], cent.shape[0]
+    out = {"add": {}, "search": {}}
+
+    def recall(I, k=10):
+        return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, gt)]))
+
+    for codec in p["codecs"]:
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(cent)
+        if codec == "f32":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            qt = getattr(faiss.ScalarQuantizer, _QT[codec])
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qt, faiss.METRIC_INNER_PRODUCT)
+            sample = xb[np.sort(np.random.default_rng(0).choice(len(xb), min(len(xb), 65536), replace=False))]
+            index.sq.train(sample)  # the codec only: keep our centroids
+        index.is_trained = True
+        t0 = time.perf_counter()
+        index.add(xb)
+        out["add"][codec] = [time.perf_counter() - t0]
+        if codec == "f32" and p.get("add_rounds", 1) > 1:
+            for _ in range(p["add_rounds"] - 1):
+                index.reset()
+                t0 = time.perf_counter()
+                index.add(xb)
+                out["add"][codec].append(time.perf_counter() - t0)
+        for name, qpath, k, nprobes, rounds in p["searches"]:
+            if codec not in p["search_codecs"].get(name, p["codecs"]):
+                continue
+            xq = _load(qpath)
+            for nprobe in nprobes:
+                index.nprobe = nprobe
+                t, (D, I) = _times(lambda: index.search(xq, k), rounds)
+                entry = {"times": t}
+                if name == "q1000":
+                    entry["recall"] = recall(I)
+                out["search"][f"{name}/{codec}/{nprobe}"] = entry
+        del index
+    return out
+
+
+TASKS = {k[5:]: v for k, v in globals().items() if k.startswith("task_")}
+
+if __name__ == "__main__":
+    task, params = sys.argv[1], json.loads(sys.argv[2])
+    result = TASKS[task](params)
+    print(json.dumps(result))
