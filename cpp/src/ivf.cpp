@@ -163,9 +163,10 @@ void IvfIndex::train_codec(MatrixView<const float> sample) {
                 return i + 1 < n ? (1 - f) * col[i] + f * col[i + 1] : static_cast<double>(col[n - 1]);
             };
             if (codec_ == Codec::sq8) {
-                // Trim the extreme 0.05% on each side: a few outliers would otherwise widen the
-                // step for everyone; clipped values lose a little, the rest gain resolution.
-                const double lo = quantile(0.0005), hi = quantile(0.9995);
+                // The sample's full range: with 256 levels the step is already fine, and the
+                // extreme values are the ones that decide the top neighbours, so clipping them
+                // (a trimmed range) costs more recall than the finer step gains.
+                const double lo = col[0], hi = col[n - 1];
                 const double step = hi > lo ? (hi - lo) / 255.0 : 1e-12;
                 a[k] = static_cast<float>(lo);
                 b[k] = static_cast<float>(step);

@@ -92,8 +92,8 @@ class IVFIndex:
     dim : vector dimension.
     nlist : number of inverted lists (cells).
     codec : storage of the vectors in the lists: "f32" (exact), "f16", "sq8" (8-bit per-dimension
-        scalar quantiser, range from trimmed quantiles), "sq4" (4-bit, 16 per-dimension levels fitted
-        by 1-D Lloyd-Max).
+        scalar quantiser over the training sample's range), "sq4" (4-bit, 16 per-dimension levels
+        fitted by 1-D Lloyd-Max).
     metric : "ip" (inner product; cosine for normalised vectors).
 
     Usage follows faiss: ``train`` (or ``train_paired`` / ``set_centroids``), ``add``, ``search``.

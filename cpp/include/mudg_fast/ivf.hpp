@@ -63,8 +63,8 @@ public:
     void set_centroids(MatrixView<const float> centroids);
     const std::vector<float>& centroids() const noexcept { return centroids_; }
 
-    /// Trains the scalar quantiser on `sample` (SQ8: per-dimension range from the 0.05% and
-    /// 99.95% quantiles; SQ4: 16 per-dimension levels by 1-D Lloyd-Max from quantile starts).
+    /// Trains the scalar quantiser on `sample` (SQ8: 256 levels over each dimension's sample
+    /// range; SQ4: 16 per-dimension levels by 1-D Lloyd-Max from quantile starts).
     /// f32 / f16 need no training. Allowed only while the index is empty.
     void train_codec(MatrixView<const float> sample);
     /// Codec parameters: SQ8 (a = vmin[d], b = step[d]); SQ4 (a = levels[d*16], b unused).
