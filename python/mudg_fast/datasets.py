@@ -6,7 +6,7 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["load_coco500", "clustered_unit_vectors"]
+__all__ = ["load_coco500", "clustered_unit_vectors", "cluster_centres"]
 
 
 def load_coco500() -> tuple[np.ndarray, np.ndarray]:
@@ -25,24 +25,33 @@ def load_coco500() -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.float32, copy=False), captions.astype(np.float32, copy=False)
 
 
+def cluster_centres(d: int, n_clusters: int = 1000, *, seed: int = 0) -> np.ndarray:
+    """The unit centres that :func:`clustered_unit_vectors` uses for ``centre_seed=seed``."""
+    crng = np.random.default_rng(seed)
+    centres = crng.standard_normal((n_clusters, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return centres
+
+
 def clustered_unit_vectors(n: int, d: int, *, n_clusters: int = 1000, spread: float = 0.5,
-                           seed: int = 0, centre_seed: int | None = None, dtype=np.float32) -> np.ndarray:
+                           seed: int = 0, centre_seed: int | None = None, dtype=np.float32,
+                           return_labels: bool = False):
     """Seeded benchmark data: unit vectors around ``n_clusters`` random unit centres.
 
     Each vector is ``normalise(centre + spread * g / sqrt(d))`` with Gaussian ``g``, so the
     cosine to its centre is about ``1 / sqrt(1 + spread**2)`` (0.89 for the default). Cluster
     sizes are uneven (Zipf-like weights), as in real embedding collections. The centres come from
-    ``centre_seed`` (default: ``seed``), the points from ``seed``: draw queries from the same
-    clusters as a database with the same ``centre_seed`` and another ``seed``. Generated in
-    chunks, so memory stays at the size of the output.
+    ``centre_seed`` (default: ``seed``; see :func:`cluster_centres`), the points from ``seed``:
+    draw queries from the same clusters as a database with the same ``centre_seed`` and another
+    ``seed``. Generated in chunks, so memory stays at the size of the output. With
+    ``return_labels`` also returns each row's cluster (int64).
     """
-    crng = np.random.default_rng(seed if centre_seed is None else centre_seed)
-    centres = crng.standard_normal((n_clusters, d)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres = cluster_centres(d, n_clusters, seed=seed if centre_seed is None else centre_seed)
     weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.5
     weights /= weights.sum()
     rng = np.random.default_rng([seed, 1])
     out = np.empty((n, d), dtype=dtype)
+    labels = np.empty(n, np.int64)
     chunk = 65536
     for s in range(0, n, chunk):
         m = min(chunk, n - s)
@@ -50,4 +59,5 @@ def clustered_unit_vectors(n: int, d: int, *, n_clusters: int = 1000, spread: fl
         x = centres[which] + (spread / np.sqrt(d)) * rng.standard_normal((m, d), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         out[s:s + m] = x
-    return out
+        labels[s:s + m] = which
+    return (out, labels) if return_labels else out

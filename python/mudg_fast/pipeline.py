@@ -1,0 +1,203 @@
+"""From label names to a pseudo-labelled training set (SPEC §2-§4) and its manifest.
+
+``build_training_set(index, encoder, classnames, ...)`` runs: class prototypes -> adaptive
+descriptor selection -> one list-major batch search of every augmented prompt -> rank-vote
+pseudo-labels -> similarity filter -> per-class k-means selection. The encoder is anything with
+``encode_text(list[str]) -> (n, d) float32`` (``mudg_fast.clip.ClipEncoder``, or the synthetic
+text encoder of ``mudg_fast.synthetic``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .index import IVFIndex, atomic_write
+from .retrieve import combine_retrievals
+from .select import select_by_clustering, similarity_to_prototypes
+
+__all__ = ["TrainingSet", "build_training_set", "check_classnames", "write_manifest"]
+
+
+def check_classnames(classnames) -> list[str]:
+    """Validated list of class names: non-empty strings, no duplicates (after stripping)."""
+    if isinstance(classnames, str) or classnames is None:
+        raise TypeError("classnames must be a list of strings, not a single string")
+    names = list(classnames)
+    if not names:
+        raise ValueError("the class list is empty: give at least one class name")
+    clean = []
+    for i, c in enumerate(names):
+        if not isinstance(c, str):
+            raise TypeError(f"class name #{i} is {type(c).__name__}, expected str")
+        c = c.strip()
+        if not c:
+            raise ValueError(f"class name #{i} is empty")
+        clean.append(c)
+    seen, dups = set(), []
+    for c in clean:
+        if c in seen:
+            dups.append(c)
+        seen.add(c)
+    if dups:
+        raise ValueError(f"duplicate class names: {sorted(set(dups))}; every class needs a distinct name")
+    return clean
+
+
+@dataclass
+class TrainingSet:
+    """The selected, pseudo-labelled images (rows sorted by id)."""
+
+    ids: np.ndarray            # int64 source ids (global row ids in the embedding shards)
+    labels: np.ndarray         # int64 class index
+    classnames: list[str]
+    vote_score: np.ndarray     # float64: the winning class's sum of (K - rank)
+    similarity: np.ndarray     # float32: <image, unaugmented class prototype>
+    retrieval_score: np.ndarray  # float32: best search score among the winning class's queries
+    descriptors: list[str]
+    summary: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def counts(self) -> dict[str, int]:
+        c = np.bincount(self.labels, minlength=len(self.classnames))
+        return {name: int(n) for name, n in zip(self.classnames, c)}
+
+
+def _encode(encoder, texts):
+    x = np.asarray(encoder.encode_text(list(texts)), dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] != len(texts):
+        raise ValueError(f"encoder.encode_text returned shape {x.shape} for {len(texts)} texts")
+    return x
+
+
+def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = "a photo of a {}.",
+                       descriptors=None, pool=None, m: int = 16, n_groups: int = 16, k: int = 64, nprobe: int = 8,
+                       threshold: float = 0.25, k_per_class: int = 48, strategy: str = "random", seed: int = 0,
+                       embeddings=None, num_threads: int | None = None, log=None) -> TrainingSet:
+    """Retrieves, pseudo-labels, filters and selects a training set for ``classnames``.
+
+    descriptors : the label-text descriptors to use; None selects ``m`` of them from ``pool`` (the
+        built-in pool when None) with ``mudg_fast.augment.select_descriptors``; an empty list
+        uses the plain prompt only.
+    k : neighbours per query [64]; must not exceed the index size. nprobe : lists probed [8].
+    threshold : similarity filter against the unaugmented prototype [0.25].
+    k_per_class : clusters per class in the selection [48].
+    embeddings : where the selection reads image embeddings: an array / memory map indexed by
+        id, or a callable ``ids -> (n, d)``; None reconstructs them from the index.
+    log : optional callable(str) for progress messages.
+    """
+    from . import augment  # noqa: PLC0415  (pure numpy; kept lazy to keep `import mudg_fast` light)
+
+    say = log or (lambda s: None)
+    names = check_classnames(classnames)
+    if "{}" not in template:
+        raise ValueError(f"template must contain '{{}}' where the class name goes, got {template!r}")
+    if index.ntotal == 0:
+        raise ValueError("the index is empty: add image embeddings before retrieving")
+    if k > index.ntotal:
+        raise ValueError(f"k={k} neighbours per query is larger than the index ({index.ntotal} images)")
+    t0 = time.perf_counter()
+    prototypes = _encode(encoder, [augment.format_prompt(template, c) for c in names])
+    if prototypes.shape[1] != index.dim:
+        raise ValueError(f"the encoder gives {prototypes.shape[1]}-d vectors but the index holds {index.dim}-d ones")
+    if descriptors is None:
+        pool = augment.load_descriptor_pool() if pool is None else list(pool)
+        descriptors = augment.select_descriptors(encoder, names, template, pool, m=min(m, len(pool)),
+                                                 n_groups=n_groups, seed=seed)
+        say(f"selected {len(descriptors)} descriptors from a pool of {len(pool)}")
+    descriptors = list(descriptors)
+    variants = descriptors if descriptors else [None]
+    prompts = [augment.format_prompt(template, c, d) for d in variants for c in names]
+    queries = _encode(encoder, prompts)
+    t_encode = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    scores, ids = index.search(queries, k, nprobe=nprobe)
+    t_search = time.perf_counter() - t1
+    shape = (len(variants), len(names), k)
+    comb = combine_retrievals(ids.reshape(shape), scores.reshape(shape), seed=seed, return_details=True,
+                              num_threads=num_threads)
+    say(f"{len(prompts)} queries retrieved {len(comb)} unique images")
+
+    if embeddings is None:
+        emb = index.reconstruct(comb.ids)
+    elif callable(embeddings):
+        emb = np.asarray(embeddings(comb.ids), dtype=np.float32)
+    else:
+        emb = np.asarray(embeddings[comb.ids], dtype=np.float32)
+    if emb.shape != (len(comb), index.dim):
+        raise ValueError(f"embeddings for {len(comb)} ids came back with shape {emb.shape}")
+    sim = similarity_to_prototypes(emb, comb.labels, prototypes, num_threads=num_threads)
+    keep = sim > threshold
+    kept = np.flatnonzero(keep)
+    sel = kept[select_by_clustering(emb[kept], comb.labels[kept], k_per_class, strategy=strategy, seed=seed,
+                                    num_threads=num_threads)] if len(kept) else kept
+    t_total = time.perf_counter() - t0
+    C = len(names)
+    summary = {
+        "classes": C, "template": template, "descriptors": descriptors, "k": k, "nprobe": nprobe,
+        "threshold": threshold, "k_per_class": k_per_class, "strategy": strategy, "seed": seed,
+        "queries": len(prompts), "retrieved_unique": int(len(comb)), "after_filter": int(keep.sum()),
+        "selected": int(len(sel)),
+        "per_class": {
+            name: {"retrieved": int(r), "after_filter": int(f), "selected": int(s)}
+            for name, r, f, s in zip(names, np.bincount(comb.labels, minlength=C),
+                                     np.bincount(comb.labels[kept], minlength=C),
+                                     np.bincount(comb.labels[sel], minlength=C))},
+        "index": {"nlist": index.nlist, "codec": index.codec, "ntotal": index.ntotal, "dim": index.dim},
+        "seconds": {"encode": t_encode, "search": t_search, "total": t_total},
+    }
+    return TrainingSet(ids=comb.ids[sel], labels=comb.labels[sel], classnames=names,
+                       vote_score=comb.votes[sel], similarity=sim[sel], retrieval_score=comb.best_score[sel],
+                       descriptors=descriptors, summary=summary)
+
+
+def write_manifest(ts: TrainingSet, path, *, metadata=None, summary_path=None, extra_summary=None) -> tuple[Path, Path]:
+    """Writes the selection as a parquet manifest that img2dataset reads directly
+    (``--input_format parquet --url_col url --caption_col caption``) and a JSON summary.
+
+    Columns: id, label, classname, vote_score, similarity, retrieval_score, plus every column of
+    ``metadata`` (a dict of equal-length sequences or a pyarrow Table aligned with ``ts.ids``, e.g.
+    url and caption joined from the shard metadata). Both files are written atomically.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError("writing the manifest needs pyarrow: pip install 'mudg_fast[pipeline]'") from e
+    path = Path(path)
+    cols = {
+        "id": pa.array(ts.ids, pa.int64()),
+        "label": pa.array(ts.labels, pa.int64()),
+        "classname": pa.array([ts.classnames[i] for i in ts.labels], pa.string()),
+        "vote_score": pa.array(ts.vote_score, pa.float64()),
+        "similarity": pa.array(ts.similarity, pa.float32()),
+        "retrieval_score": pa.array(ts.retrieval_score, pa.float32()),
+    }
+    if metadata is not None:
+        items = (metadata.to_pydict().items() if hasattr(metadata, "to_pydict") else dict(metadata).items())
+        for name, values in items:
+            if name in cols:
+                continue
+            values = list(values)
+            if len(values) != len(ts):
+                raise ValueError(f"metadata column {name!r} has {len(values)} rows, the manifest {len(ts)}")
+            cols[name] = pa.array(values)
+    table = pa.table(cols)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    summary_path = Path(summary_path) if summary_path else path.with_suffix(".json")
+    summary = dict(ts.summary)
+    summary["classnames"] = ts.classnames
+    summary["counts"] = ts.counts()
+    summary["manifest"] = str(path)
+    if extra_summary:
+        summary.update(extra_summary)
+    text = json.dumps(summary, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    atomic_write(summary_path, lambda tmp: Path(tmp).write_text(text))
+    return path, summary_path
