@@ -142,3 +142,13 @@ def test_core_rejects_wrong_dtype_without_copy():
     # The private binding never converts silently: float64 is refused, not copied.
     with pytest.raises(TypeError):
         mudg_fast._core.knn(np.zeros((2, 3)), np.zeros((4, 3), np.float32), 1, 0)
+
+
+def test_contiguous_float32_is_not_copied(rng):
+    from mudg_fast._arrays import as_matrix
+
+    x = rng.standard_normal((100, 8)).astype(np.float32)
+    assert as_matrix(x) is x
+    assert np.shares_memory(as_matrix(x[10:20]), x)  # a C-contiguous row slice is a view too
+    assert not np.shares_memory(as_matrix(x[:, :4]), x)  # strided: one converted copy
+    assert as_matrix(x.astype(np.float16)).dtype == np.float32
