@@ -494,6 +494,12 @@ def test_finetune_protects_existing_runs(train_dir, tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["iterations"] == 2 and cfg["n_train_images"] == 24
+    # a finished model without its checkpoint is protected too
+    (out / "checkpoint.pt").unlink()
+    model_bytes = (out / "model.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="model.pt"):
+        finetune(out, parts=ch.tiny_clip_parts(0), iterations=2, **common)
+    assert (out / "model.pt").read_bytes() == model_bytes
 
 
 def test_checkpoint_write_is_atomic(train_dir, tmp_path, monkeypatch):

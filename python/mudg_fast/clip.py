@@ -27,18 +27,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["ClipEncoder", "ClipParts", "load_model", "load_images", "BUNDLE_FORMAT"]
+__all__ = ["BUNDLE_FORMAT", "DEFAULT_MODEL", "ClipEncoder", "ClipParts", "load_images",
+           "load_model", "resolve_device"]
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 #: ``format`` field of the fine-tuned model files written by ``mudg_fast.train``.
 BUNDLE_FORMAT = "mudg_fast.finetuned"
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: The architecture used when ``model=None`` and nothing else names one (the LAION-2B index's).
+DEFAULT_MODEL = "ViT-L-14"
 
 
 def _import_torch():
@@ -197,11 +198,14 @@ def load_model(model: str | None = "ViT-L-14", pretrained: str | None = "openai"
     """Loads an open_clip model, its image transforms and its tokenizer.
 
     ``model``: an open_clip architecture name (``open_clip.list_models()``; ``/`` is accepted for
-    ``-``), or ``hf-hub:``/``local-dir:``. ``pretrained``: a tag, a checkpoint file, ``hf-hub:``,
+    ``-``), ``hf-hub:``/``local-dir:``, or None: the fine-tuned checkpoint's own architecture,
+    else ``DEFAULT_MODEL``. ``pretrained``: a tag, a checkpoint file, ``hf-hub:``,
     ``local-dir:``, or None for random initialisation (see the module docstring). ``offline``
-    (also implied by ``HF_HUB_OFFLINE=1`` in the environment) never touches the network and
-    raises FileNotFoundError naming the model, the tag and the paths searched when the weights are
-    not cached. Unknown models or tags raise ValueError with the available choices.
+    never touches the network and raises FileNotFoundError naming the model, the tag and the
+    paths searched when the weights are not cached; it sets ``HF_HUB_OFFLINE=1`` for the rest of
+    the process, and that variable (or ``TRANSFORMERS_OFFLINE=1``) in the environment implies it.
+    Unknown models or tags raise ValueError with the available choices. Returns
+    :class:`ClipParts` with the model in eval mode on ``device``.
     """
     offline = bool(offline) or _env_offline()
     open_clip = _import_open_clip(offline)
@@ -258,8 +262,7 @@ def load_model(model: str | None = "ViT-L-14", pretrained: str | None = "openai"
             kwargs["load_weights"] = False
     elif _schema(source) is None:
         if source is None:
-            raise ValueError("model is required unless pretrained is hf-hub:/local-dir: or a "
-                             "mudg_fast fine-tuned checkpoint")
+            source = label = DEFAULT_MODEL
         name = source.replace("/", "-")
         if name not in open_clip.list_models():
             close = [m for m in open_clip.list_models() if name.lower()[:6] in m.lower()][:12]
@@ -288,12 +291,14 @@ def load_model(model: str | None = "ViT-L-14", pretrained: str | None = "openai"
                     "pass cache_dir=<folder holding them>, or pass pretrained=<checkpoint file>.")
             else:
                 weights = pretrained
-    elif offline:
+    if offline and _schema(source):
         source = _offline_schema_source(source, cache_dir)
 
     try:
         m, pre_train, pre_val = open_clip.create_model_and_transforms(source, pretrained=weights,
                                                                       **kwargs)
+    except FileNotFoundError:
+        raise
     except (RuntimeError, OSError) as e:
         what = f"model {source!r}" + (f" with pretrained {weights!r}" if weights else "")
         hint = ("" if offline else " If this machine has no network access, pass offline=True "
@@ -519,9 +524,3 @@ def _check_paths(items) -> None:
         raise FileNotFoundError(f"{len(missing)} image file(s) not found: "
                                 f"{', '.join(missing[:5])}{more}")
 
-
-def list_image_files(root: str | os.PathLike) -> list[str]:
-    """Sorted image files (by extension, case-insensitive) directly inside ``root``."""
-    root = Path(root)
-    return sorted(str(p) for p in root.iterdir()
-                  if p.is_file() and p.suffix.lower() in _IMAGE_EXTENSIONS)

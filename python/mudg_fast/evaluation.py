@@ -95,7 +95,8 @@ def _text_features(parts, prompts: list[str], batch_size: int, device) -> np.nda
             from .train.text import PromptLearner, encode_text_with_ctx
 
             learner = PromptLearner(model, parts.tokenizer, n_ctx=int(prompt["n_ctx"]),
-                                    ctx_init=prompt.get("ctx_init"))
+                                    ctx_init=prompt.get("ctx_init"),
+                                    generator=torch.Generator().manual_seed(0))
             ctx = prompt["ctx"].to(device=device, dtype=learner.ctx.dtype)
             for s in range(0, len(prompts), batch_size):
                 tokens = learner.tokenize(prompts[s:s + batch_size]).to(device)
@@ -129,7 +130,7 @@ def _image_features(parts, data, batch_size, num_workers, device, amp, progress)
     return torch.cat(feats).numpy().astype(np.float32)
 
 
-def evaluate(*, model: str | None = "ViT-L-14", pretrained: str | None = "openai",
+def evaluate(*, model: str | None = None, pretrained: str | None = "openai",
              image_folder=None, manifest=None, webdataset=None, classnames=None,
              template: str | None = None, descriptors: Any = None,
              max_descriptors: int | None = None, batch_size: int = 256, device="cpu",
@@ -140,7 +141,8 @@ def evaluate(*, model: str | None = "ViT-L-14", pretrained: str | None = "openai
     report to ``out`` (JSON, atomically).
 
     Model: ``model``/``pretrained``/``offline``/``cache_dir`` as in
-    ``mudg_fast.clip.load_model`` (a fine-tuned ``model.pt`` brings its learned prompt), or
+    ``mudg_fast.clip.load_model`` (``model=None``: ViT-L-14, or the architecture of a fine-tuned
+    ``model.pt``, which also brings its learned prompt), or
     ``parts`` (a ``ClipParts``) to use an already loaded model. Data: ``image_folder``
     (``root/<class>/<image>``) or ``manifest`` (+ ``webdataset``), with optional ``classnames``
     (list or file; one per class, in label order). Text: ``template`` (default: the fine-tuned

@@ -12,11 +12,8 @@ A fine-tuned ``model.pt`` brings its architecture, learned prompt, template and 
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..cli import CliError
-
-DEFAULT_MODEL = "ViT-L-14"
 
 
 def _optional_str(value: str):
@@ -25,8 +22,8 @@ def _optional_str(value: str):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help=f"open_clip architecture or hf-hub:/local-dir: (default {DEFAULT_MODEL}, "
-                        "or the fine-tuned checkpoint's own)")
+                   help="open_clip architecture or hf-hub:/local-dir: (default ViT-L-14, or the "
+                        "fine-tuned checkpoint's own)")
     p.add_argument("--pretrained", type=_optional_str, default="openai",
                    help="tag, checkpoint file (e.g. a fine-tuned model.pt), hf-hub:/local-dir:, "
                         "or 'none' (default %(default)s)")
@@ -54,17 +51,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.manifest is None) == (args.image_folder is None):
         raise CliError("give one of --manifest or --image_folder")
-    model = args.model
-    if model is None and not (args.pretrained and os.path.isfile(args.pretrained)):
-        model = DEFAULT_MODEL
     descriptors = args.descriptors
     if descriptors is not None and descriptors.lower() == "none":
         descriptors = []
     try:
         from ..evaluation import evaluate
 
-        result = evaluate(model=model, pretrained=args.pretrained, image_folder=args.image_folder,
-                          manifest=args.manifest, webdataset=args.webdataset,
+        result = evaluate(model=args.model, pretrained=args.pretrained,
+                          image_folder=args.image_folder, manifest=args.manifest,
+                          webdataset=args.webdataset,
                           classnames=args.classnames, template=args.template,
                           descriptors=descriptors, max_descriptors=args.max_descriptors,
                           batch_size=args.batch_size, device=args.device,

@@ -32,12 +32,13 @@ class TrainConfig:
     ``descriptors``: list or JSON/text file of descriptor phrases (SPEC §2; default none: m = 1,
     the plain prompt); ``max_descriptors`` keeps the first ones.
 
-    Optimisation: ``iterations`` [500], ``batch_size`` [128], ``lr`` [6.4e-4] for the towers,
-    ``prompt_lr_mult`` [10] for the prompt vectors, ``momentum`` [0.9], ``weight_decay`` [1e-5]
-    (SGD), ``distill_weight`` λ [0.2], ``tau`` τ [10], ``logit_scale`` [25], ``ema`` β [0.995],
-    ``n_blocks`` trained transformer blocks per tower [3], ``n_ctx`` learnable prompt vectors [3]
-    initialised from ``ctx_init`` ["a photo of"] (None: random, std 0.02), ``augment`` [True]:
-    open_clip's training transform (random resized crop, scale 0.9–1) instead of the inference one.
+    Optimisation: ``iterations`` [500; the authors used 100–1000 by data set],
+    ``batch_size`` [128], ``lr`` [6.4e-4] for the towers, ``prompt_lr_mult`` [10] for the prompt
+    vectors, ``momentum`` [0.9], ``weight_decay`` [1e-5] (SGD), ``distill_weight`` λ [0.2],
+    ``tau`` τ [10], ``logit_scale`` [25], ``ema`` β [0.995], ``n_blocks`` trained transformer
+    blocks per tower [3], ``n_ctx`` learnable prompt vectors [3] initialised from ``ctx_init``
+    ["a photo of"] (None: random, std 0.02), ``augment`` [True]: open_clip's training transform
+    (random resized crop, scale 0.9–1) instead of the inference one.
 
     Run: ``seed`` [0], ``device`` ["cpu"], ``precision`` ("amp": bfloat16/float16 autocast on
     CUDA, "fp32"; default None = amp on CUDA, fp32 on CPU), ``num_workers`` data-loading processes

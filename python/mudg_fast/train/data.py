@@ -267,8 +267,11 @@ def read_manifest(path, *, webdataset=None, classnames=None) -> LabeledImages:
         sources: list = [None] * len(ids)
         for key, member, meta in samples:
             row = None
-            if isinstance(meta.get("id"), (int, np.integer)) and not isinstance(meta["id"], bool):
-                row = row_of_id.get(int(meta["id"]))
+            jid = meta.get("id")
+            if isinstance(jid, str) and jid.strip().lstrip("-").isdigit():
+                jid = int(jid)
+            if isinstance(jid, int) and not isinstance(jid, bool):
+                row = row_of_id.get(jid)
             elif row_of_url and meta.get("url"):
                 row = row_of_url.get(meta["url"])
             elif key.isdigit():

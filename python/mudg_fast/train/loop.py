@@ -469,7 +469,7 @@ def finetune(out, *, parts: ClipParts | None = None, data: LabeledImages | None 
     ``pretrained``, ``manifest`` or ``image_folder``, ``descriptors``, ``iterations``, ...; the
     defaults are SPEC §5's). ``parts``/``data`` inject an already loaded model or data set.
 
-    A folder that already holds a ``checkpoint.pt`` is never overwritten silently: pass
+    A folder that already holds a ``checkpoint.pt`` or ``model.pt`` is never overwritten: pass
     ``resume=True`` to continue that run (bit for bit on CPU, with the same settings and data;
     ``iterations`` may grow), or choose another ``out``. Returns a :class:`FinetuneResult`.
     """
@@ -480,9 +480,10 @@ def finetune(out, *, parts: ClipParts | None = None, data: LabeledImages | None 
     ckpt = out / "checkpoint.pt"
     if cfg.resume and not ckpt.is_file():
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt}")
-    if not cfg.resume and ckpt.exists():
-        raise FileExistsError(f"{out} already holds a training run ({ckpt}); pass resume=True to "
-                              "continue it, or choose another output folder")
+    existing = [p for p in (ckpt, out / "model.pt") if p.exists()]
+    if not cfg.resume and existing:
+        raise FileExistsError(f"{out} already holds a training run ({existing[0].name}); pass "
+                              "resume=True to continue it, or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, parts=parts, data=data)
     if cfg.resume:

@@ -19,7 +19,6 @@ transformer and a ViT image tower (OpenAI CLIP, LAION, DataComp ViTs...).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["PromptLearner", "encode_text_with_ctx", "trainable_parameter_names",
@@ -171,7 +170,3 @@ class PromptLearner(nn.Module):
             if n > limit:
                 raise ValueError(f"prompt {text!r} is {n} tokens, more than the model's text "
                                  f"context ({limit}); shorten the template or descriptor")
-
-    def forward(self, model, tokens: torch.Tensor) -> torch.Tensor:
-        """L2-normalised text features (n, embed_dim) of ``tokens`` with the learned context."""
-        return F.normalize(encode_text_with_ctx(model, tokens, self.ctx), dim=-1)
