@@ -1,6 +1,7 @@
 """mudg_fast.clip: encoding against direct open_clip calls, input errors, offline loading."""
 
 import importlib.util
+import io
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ HAS_CLIP = all(importlib.util.find_spec(m) for m in ("torch", "open_clip", "PIL"
 needs_clip = pytest.mark.skipif(not HAS_CLIP, reason="needs the [clip] extra (torch, open_clip)")
 
 if HAS_CLIP:
+    import open_clip
     import torch
     from PIL import Image
 
@@ -268,3 +270,54 @@ def test_local_dir_loads_as_model_or_pretrained(tmp_path, no_network):
     np.testing.assert_array_equal(b, ref)
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
         load_model("local-dir:" + str(tmp_path / "missing"), None, offline=True)
+
+
+@needs_clip
+def test_cached_tag_loads_offline_with_the_tags_activation(tiny, tmp_path, monkeypatch,
+                                                           no_network):
+    """A pretrained tag whose weights sit in the hub cache loads offline, and a tag trained with
+    QuickGELU gets QuickGELU although the plain config does not ask for it."""
+    from open_clip.transformer import QuickGELU
+
+    model, pre, tok = tiny
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    ch.fake_hf_cache(tmp_path, "org/tiny-clip", "open_clip_pytorch_model.bin", buf.getvalue())
+    real = open_clip.get_pretrained_cfg
+
+    def fake_cfg(name, tag):
+        if name == ch.TINY_MODEL and tag == "fake-tag":
+            return {"hf_hub": "org/tiny-clip/", "url": "", "quick_gelu": True,
+                    "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+        return real(name, tag)
+
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", fake_cfg)
+    parts = load_model(ch.TINY_MODEL, "fake-tag", offline=True, cache_dir=tmp_path)
+    assert any(isinstance(m, QuickGELU) for m in parts.model.modules())
+    assert not any(isinstance(m, QuickGELU) for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(parts.model.state_dict()[k], v), k
+    assert "mean=(0.5, 0.5, 0.5)" in repr(parts.preprocess)  # the tag's preprocessing
+    with torch.no_grad():
+        t = tok(["a photo of a red."])
+        assert not torch.allclose(parts.model.encode_text(t), model.encode_text(t), atol=1e-4)
+
+
+@needs_clip
+def test_finetuned_bundle_restores_activation_and_preprocessing(tiny, tmp_path, no_network):
+    from open_clip.transformer import QuickGELU
+
+    from mudg_fast.clip import BUNDLE_FORMAT
+
+    model, pre, tok = tiny
+    path = tmp_path / "bundle.pt"
+    torch.save({"format": BUNDLE_FORMAT, "model": ch.TINY_MODEL, "pretrained": None,
+                "quick_gelu": True, "preprocess_cfg": {"mean": [0.1, 0.2, 0.3],
+                                                       "std": [0.3, 0.2, 0.1]},
+                "state_dict": model.state_dict()}, path)
+    parts = load_model(None, str(path), offline=True)
+    assert any(isinstance(m, QuickGELU) for m in parts.model.modules())
+    assert "mean=(0.1, 0.2, 0.3)" in repr(parts.preprocess)
+    assert parts.finetuned["quick_gelu"] is True and "state_dict" not in parts.finetuned
+    for k, v in model.state_dict().items():
+        assert torch.equal(parts.model.state_dict()[k], v), k
