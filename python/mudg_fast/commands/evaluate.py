@@ -37,15 +37,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'a photo of a {}.')")
     p.add_argument("--descriptors", default=None,
                    help="descriptor file (default: the checkpoint's, else none); 'none' for none")
-    p.add_argument("--max_descriptors", type=int, default=None)
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["amp", "fp32"], default=None)
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the JSON report here")
-    p.add_argument("--offline", action="store_true")
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--no_progress", dest="progress", action="store_false")
+    p.add_argument("--max_descriptors", type=int, default=None,
+                   help="use only the first N descriptors")
+    p.add_argument("--batch_size", type=int, default=256,
+                   help="images per forward pass (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default %(default)s)")
+    p.add_argument("--precision", choices=["amp", "fp32"], default=None,
+                   help="float16 autocast on CUDA (default there) or fp32")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="image-decoding processes (default %(default)s)")
+    p.add_argument("--out", default=None, help="write the JSON report here (atomically)")
+    p.add_argument("--offline", action="store_true",
+                   help="never use the network; fail clearly when weights are not cached")
+    p.add_argument("--cache_dir", default=None, help="where downloaded weights are cached")
+    p.add_argument("--no_progress", dest="progress", action="store_false",
+                   help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

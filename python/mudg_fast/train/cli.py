@@ -59,13 +59,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on the inference transform (no random crops)")
 
     g = p.add_argument_group("optimisation (defaults: SPEC §5)")
-    g.add_argument("--iterations", type=int, default=_default("iterations"))
-    g.add_argument("--batch_size", type=int, default=_default("batch_size"))
-    g.add_argument("--lr", type=float, default=_default("lr"))
+    g.add_argument("--iterations", type=int, default=_default("iterations"),
+                   help="SGD steps (default %(default)s)")
+    g.add_argument("--batch_size", type=int, default=_default("batch_size"),
+                   help="images per step (default %(default)s)")
+    g.add_argument("--lr", type=float, default=_default("lr"),
+                   help="learning rate of the towers (default %(default)s)")
     g.add_argument("--prompt_lr_mult", type=float, default=_default("prompt_lr_mult"),
                    help="learning-rate multiplier of the prompt vectors (default %(default)s)")
-    g.add_argument("--momentum", type=float, default=_default("momentum"))
-    g.add_argument("--weight_decay", type=float, default=_default("weight_decay"))
+    g.add_argument("--momentum", type=float, default=_default("momentum"),
+                   help="SGD momentum (default %(default)s)")
+    g.add_argument("--weight_decay", type=float, default=_default("weight_decay"),
+                   help="(default %(default)s)")
     g.add_argument("--distill_weight", "--lambda_", dest="distill_weight", type=float,
                    default=_default("distill_weight"),
                    help="λ: weight of the frozen model's soft targets (default %(default)s)")
@@ -86,14 +91,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    g.add_argument("--seed", type=int, default=_default("seed"))
+    g.add_argument("--seed", type=int, default=_default("seed"),
+                   help="seeds the batches, augmentations and random prompt init "
+                        "(default %(default)s)")
     g.add_argument("--device", default=_default("device"), help="cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=["amp", "fp32"], default=None,
                    help="mixed precision on CUDA (default) or fp32")
     g.add_argument("--num_workers", type=int, default=_default("num_workers"),
                    help="data-loading processes (default %(default)s)")
-    g.add_argument("--save_every", type=int, default=_default("save_every"))
-    g.add_argument("--log_every", type=int, default=_default("log_every"))
+    g.add_argument("--save_every", type=int, default=_default("save_every"),
+                   help="iterations between checkpoints (default %(default)s)")
+    g.add_argument("--log_every", type=int, default=_default("log_every"),
+                   help="iterations per log.jsonl line (default %(default)s)")
     g.add_argument("--no_progress", dest="progress", action="store_false",
                    help="no progress bar")
 
