@@ -423,6 +423,12 @@ def test_manifest_with_img2dataset_webdataset(tmp_path, train_dir):
     assert np.isfinite(tr.step().loss)
     with pytest.raises(ValueError, match="no .tar shards"):
         read_manifest(m, webdataset=tmp_path / "src")
+    bad = data.sources[0]._replace(size=data.sources[0].size + 10 ** 6)
+    with pytest.raises(ValueError, match="00000.tar:000000000.jpg: truncated"):
+        open_image(bad)
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot decode image .*broken.png"):
+        open_image(str(tmp_path / "broken.png"))
 
 
 # --- checkpoints and resume ----------------------------------------------------------------------

@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["BUNDLE_FORMAT", "DEFAULT_MODEL", "ClipEncoder", "ClipParts", "load_images",
-           "load_model", "resolve_device"]
+__all__ = ["BUNDLE_FORMAT", "DEFAULT_MODEL", "ClipEncoder", "ClipParts", "decode_image",
+           "load_images", "load_model", "resolve_device"]
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -352,23 +352,27 @@ def load_images(items: Iterable, *, num_workers: int = 0) -> list:
     return _decode(items, num_workers)
 
 
-def _decode(items: list, num_workers: int) -> list:
+def decode_image(source, name: str | None = None):
+    """A PIL image, a path or a binary file object -> RGB PIL image. Raises ValueError naming
+    ``name`` (default: the path) when it cannot be read or decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    def one(x):
-        if _is_image_like(x):
-            return x.convert("RGB")
-        try:
-            with Image.open(x) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot decode image {os.fspath(x)}: {e}") from e
+    if _is_image_like(source):
+        return source.convert("RGB")
+    try:
+        with Image.open(source) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        where = name if name is not None else os.fspath(source)
+        raise ValueError(f"cannot decode image {where}: {e}") from e
 
+
+def _decode(items: list, num_workers: int) -> list:
     if num_workers > 1 and len(items) > 1:
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(num_workers) as pool:
-            return list(pool.map(one, items))
-    return [one(x) for x in items]
+            return list(pool.map(decode_image, items))
+    return [decode_image(x) for x in items]
 
 
 def _progress(total: int, desc: str, enabled: bool):

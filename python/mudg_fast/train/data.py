@@ -38,6 +38,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from ..clip import decode_image
 from .prompts import load_classnames
 
 __all__ = ["LabeledImages", "TarMember", "scan_image_folder", "scan_webdataset", "read_manifest",
@@ -89,22 +90,19 @@ class LabeledImages:
 def open_image(source):
     """A path or :class:`TarMember` -> RGB PIL image. Raises ValueError naming the file when it
     cannot be read or decoded."""
-    from PIL import Image, UnidentifiedImageError
-
+    if not isinstance(source, TarMember):
+        return decode_image(source)
+    where = f"{source.shard}:{source.name}"
     try:
-        if isinstance(source, TarMember):
-            with open(source.shard, "rb") as f:
-                f.seek(source.offset)
-                data = f.read(source.size)
-            if len(data) != source.size:
-                raise OSError(f"truncated: read {len(data)} of {source.size} bytes")
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
-        with Image.open(source) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        where = f"{source.shard}:{source.name}" if isinstance(source, TarMember) else source
+        with open(source.shard, "rb") as f:
+            f.seek(source.offset)
+            data = f.read(source.size)
+    except OSError as e:
         raise ValueError(f"cannot read image {where}: {e}") from e
+    if len(data) != source.size:
+        raise ValueError(f"cannot read image {where}: truncated, {len(data)} of {source.size} "
+                         "bytes")
+    return decode_image(io.BytesIO(data), name=where)
 
 
 def _display_name(folder: str) -> str:
