@@ -22,10 +22,36 @@ __all__ = [
     "kmeans",
     "paired_kmeans",
     "knn",
+    "ClipEncoder",
+    "evaluate",
+    "finetune",
+    "build_training_set",
     "simd_level",
     "set_simd_level",
     "detected_simd_level",
 ]
+
+
+# Heavy parts (torch, open_clip) load only when used: `mudg_fast.ClipEncoder`, `mudg_fast.evaluate`,
+# `mudg_fast.finetune`, and the submodules clip / train / evaluation.
+_LAZY = {
+    "ClipEncoder": ("mudg_fast.clip", "ClipEncoder"),
+    "evaluate": ("mudg_fast.evaluation", "evaluate"),
+    "finetune": ("mudg_fast.train", "finetune"),
+    "build_training_set": ("mudg_fast.pipeline", "build_training_set"),
+}
+_LAZY_MODULES = ("clip", "train", "evaluation", "augment", "synthetic", "pipeline", "retrieve", "select")
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"mudg_fast.{name}")
+    raise AttributeError(f"module 'mudg_fast' has no attribute {name!r}")
 
 
 def simd_level() -> str:
