@@ -5,6 +5,7 @@
 #include "common.hpp"
 #include "mudg_fast/parallel.hpp"
 #include "mudg_fast/simd.hpp"
+#include "mudg_fast/screen.hpp"
 
 #ifndef MUDG_VERSION
 #define MUDG_VERSION "0.0.0"
@@ -78,6 +79,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name.c_str())); },
           py::arg("level"), "Switch the active SIMD level (tests and benchmarks).");
     m.def("default_threads", &default_threads, "Threads used when num_threads is None.");
+    m.def("set_screening", &set_screening, py::arg("mode"),
+          "int8 screening of exact searches: -1 the SIMD level's default, 0 off, 1 on (tests).");
+    m.def("screening_mode", &screening_mode);
     m.def("all_finite", &all_finite, py::arg("array"), "True when the array holds no NaN or inf.");
 #ifdef MUDG_WITH_OPENMP
     m.attr("openmp") = true;

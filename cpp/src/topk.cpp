@@ -1,10 +1,12 @@
 #include "mudg_fast/topk.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 
 #include "mudg_fast/parallel.hpp"
+#include "mudg_fast/screen.hpp"
 
 namespace mudg_fast {
 
@@ -117,6 +119,7 @@ namespace {
 
 constexpr idx_t kDbChunk = 256;                 // database rows packed per task (large mode)
 constexpr idx_t kRowGroup = 96;                 // query rows per kernel call (L2 resident)
+constexpr idx_t kScreenRowGroup = 480;          // screened: more rows share each verified block
 constexpr idx_t kSmallDbFloats = idx_t{16} << 20;  // pack the whole database below this
 
 /// k == 1: running best per row.
@@ -124,6 +127,7 @@ struct BestState {
     std::vector<float> best;
     std::vector<idx_t> ids;
     std::vector<std::uint32_t> lanes;
+    int k() const { return 1; }
     void reset(idx_t rows, int mr) {
         best.assign(rows, kNegInf);
         ids.assign(rows, -1);
@@ -132,12 +136,16 @@ struct BestState {
     void run(const Kernels& K, TileArgs& t, idx_t row0, idx_t col_base) {
         K.argmax(t, col_base, best.data() + row0, ids.data() + row0, lanes.data());
     }
+    float threshold(idx_t r) const { return best[r]; }
+    void push(idx_t r, float s, idx_t id) {
+        if (s > best[r] || (s == best[r] && (ids[r] < 0 || id < ids[r]))) {
+            best[r] = s;
+            ids[r] = id;
+        }
+    }
     void merge_into(BestState& dst, idx_t rows) const {
         for (idx_t r = 0; r < rows; ++r)
-            if (ids[r] >= 0 && TopkHeaps::better(best[r], ids[r], dst.best[r], dst.ids[r] < 0 ? INT64_MAX : dst.ids[r])) {
-                dst.best[r] = best[r];
-                dst.ids[r] = ids[r];
-            }
+            if (ids[r] >= 0) dst.push(r, best[r], ids[r]);
     }
     void write(idx_t row, float* s, idx_t* i) const {
         *s = best[row];
@@ -146,9 +154,10 @@ struct BestState {
 };
 
 struct HeapState {
-    int k = 1;
+    int kk = 1;
     TopkHeaps heaps;
-    void reset(idx_t rows, int) { heaps.reset(rows, k); }
+    int k() const { return kk; }
+    void reset(idx_t rows, int) { heaps.reset(rows, kk); }
     void run(const Kernels& K, TileArgs& t, idx_t row0, idx_t col_base) {
         HeapSink ctx;
         ctx.heaps = &heaps;
@@ -157,11 +166,115 @@ struct HeapState {
         ctx.col_base = col_base;
         K.topk(t, ctx.call_thresholds, HeapSink::sink, &ctx);
     }
+    float threshold(idx_t r) const { return heaps.threshold(r); }
+    void push(idx_t r, float s, idx_t id) { heaps.push(r, s, id); }
     void merge_into(HeapState& dst, idx_t rows) const {
         for (idx_t r = 0; r < rows; ++r) dst.heaps.merge_row(r, heaps, r);
     }
     void write(idx_t row, float* s, idx_t* i) const { heaps.extract(row, s, i); }
 };
+
+/// Per-thread buffers of the screening path.
+struct ScreenScratch {
+    std::vector<float> z, kth, exact;
+    std::vector<std::int32_t> cand;
+    std::vector<idx_t> pair_block, pair_row, pair_col, order, rows_of_block, block_start;
+    AlignedFloats panels;
+};
+
+/// Screened search of rows [r0, r0+rows) of `qr` (state rows st_row0 + i) against columns
+/// [c0, c0+ncols) of `qc`. `packed` holds the same columns as fp32 blocks (block c0/16 first);
+/// their ids are col_base + c. Candidates are re-scored exactly with the fp32 tile kernel, one
+/// 16-column block at a time for all rows that need it, so each pair costs what it costs in the
+/// plain search.
+template <class State>
+void screened_call(const Kernels& K, State& st, idx_t st_row0, const QuantRows& qr, idx_t r0, idx_t rows,
+                   MatrixView<const float> q, const idx_t* qids, idx_t q_row0, const QuantCols& qc, idx_t c0,
+                   idx_t ncols, const float* packed, idx_t col_base, idx_t d, ScreenScratch& w) {
+    const int k = st.k();
+    w.z.resize(static_cast<std::size_t>(rows * ncols));
+    K.i8_scores(qr.panels.data() + ((r0) / kMr8) * qr.d4 * 4 * kMr8, rows, qc.blocks.data() + (c0 / 16) * qc.d4 * 64,
+                ncols, qr.d4, qr.scale.data() + r0, qc.scale.data() + c0, qc.corr.data() + c0, w.z.data(), ncols);
+    w.cand.resize(ncols);
+    w.pair_block.clear();
+    w.pair_row.clear();
+    w.pair_col.clear();
+    for (idx_t r = 0; r < rows; ++r) {
+        const float* zr = w.z.data() + r * ncols;
+        const double e = screen_error(qr, r0 + r, qc, d);
+        double bound = st.threshold(st_row0 + r);
+        if (bound == -HUGE_VAL && ncols >= k) {  // nothing exact yet: the k-th largest z minus E
+            double kth;
+            if (k == 1) {
+                kth = K.max_value(zr, ncols);
+            } else {
+                w.kth.assign(zr, zr + ncols);
+                std::nth_element(w.kth.begin(), w.kth.begin() + (k - 1), w.kth.end(), std::greater<float>());
+                kth = w.kth[k - 1];
+            }
+            bound = kth - e;
+        }
+        const double tau = bound - e;
+        float tau_f = static_cast<float>(tau);  // rounded down: no column with z >= tau is missed
+        if (static_cast<double>(tau_f) > tau) tau_f = std::nextafter(tau_f, -HUGE_VALF);
+        const idx_t m = K.collect_ge(zr, ncols, tau_f, w.cand.data());
+        for (idx_t i = 0; i < m; ++i) {
+            w.pair_block.push_back(w.cand[i] / kBlock);
+            w.pair_row.push_back(r);
+            w.pair_col.push_back(w.cand[i]);
+        }
+    }
+    const idx_t n_pairs = static_cast<idx_t>(w.pair_row.size());
+    if (!n_pairs) return;
+    // Group the pairs by block (stable: rows stay ascending within a block).
+    const idx_t nblk = n_blocks(ncols);
+    w.block_start.assign(nblk + 1, 0);
+    for (idx_t i = 0; i < n_pairs; ++i) ++w.block_start[w.pair_block[i] + 1];
+    for (idx_t b = 0; b < nblk; ++b) w.block_start[b + 1] += w.block_start[b];
+    w.order.resize(n_pairs);
+    {
+        std::vector<idx_t> fill(w.block_start.begin(), w.block_start.end() - 1);
+        for (idx_t i = 0; i < n_pairs; ++i) w.order[fill[w.pair_block[i]]++] = i;
+    }
+    for (idx_t b = 0; b < nblk; ++b) {
+        const idx_t p0 = w.block_start[b], p1 = w.block_start[b + 1];
+        if (p0 == p1) continue;
+        // Distinct local rows, ascending (one panel row each, even when two rows are the same
+        // source vector), mapped to their source rows for packing.
+        w.rows_of_block.clear();
+        idx_t last_r = -1;
+        for (idx_t i = p0; i < p1; ++i) {
+            const idx_t r = w.pair_row[w.order[i]];
+            if (r == last_r) continue;
+            last_r = r;
+            const idx_t qrow = q_row0 + r0 + r;
+            w.rows_of_block.push_back(qids ? qids[qrow] : qrow);
+        }
+        const idx_t nr = static_cast<idx_t>(w.rows_of_block.size());
+        w.panels.resize(packed_rows_size(nr, d, K.mr));
+        pack_rows(q.data, q.stride, w.rows_of_block.data(), nr, d, K.mr, nullptr, w.panels.ptr);
+        const idx_t bcols = std::min<idx_t>(kBlock, ncols - b * kBlock);
+        w.exact.resize(static_cast<std::size_t>(nr * kBlock));
+        TileArgs t;
+        t.a = w.panels.ptr;
+        t.n_rows = nr;
+        t.b = packed + (c0 / kBlock + b) * kBlock * d;
+        t.n_cols = bcols;
+        t.d = d;
+        K.scores(t, w.exact.data(), kBlock);
+        idx_t ri = -1, last = -1;
+        for (idx_t i = p0; i < p1; ++i) {
+            const idx_t pi = w.order[i];
+            const idx_t r = w.pair_row[pi];
+            if (r != last) {
+                ++ri;
+                last = r;
+            }
+            const idx_t c = w.pair_col[pi];
+            st.push(st_row0 + r, w.exact[ri * kBlock + (c - b * kBlock)], col_base + c0 + c);
+        }
+    }
+}
 
 template <class State>
 void search_driver(MatrixView<const float> db, MatrixView<const float> q, const idx_t* qids, idx_t nq,
@@ -170,37 +283,50 @@ void search_driver(MatrixView<const float> db, MatrixView<const float> q, const 
     const Kernels& K = kernels();
     const idx_t n = db.rows, d = db.cols;
     const int mr = K.mr;
+    const bool screen = !col_bias && use_screening(K, d, n, proto.k());
 
     if (n * d <= kSmallDbFloats) {
         AlignedFloats packed;
+        QuantCols qc;
+        if (screen) qc.quantize(db.data, db.stride, n, d, n_threads);
         packed.resize(n_blocks(n) * kBlock * d);
         parallel_for(n_blocks(n), 64, n_threads, [&](idx_t b0, idx_t b1, int) {
             const idx_t r0 = b0 * kBlock, r1 = std::min(n, b1 * kBlock);
-            K.pack_blocks_f32(db.data + r0 * db.stride, db.stride, nullptr, r1 - r0, d,
-                              packed.ptr + b0 * kBlock * d);
+            K.pack_blocks_f32(db.data + r0 * db.stride, db.stride, nullptr, r1 - r0, d, packed.ptr + b0 * kBlock * d);
         });
-        const int nt = effective_threads(nq, kRowGroup, n_threads);
+        const idx_t group = screen ? kScreenRowGroup : kRowGroup;
+        const int nt = effective_threads(nq, group, n_threads);
         std::vector<AlignedFloats> bufs(nt);
         std::vector<State> states(nt, proto);
-        parallel_for(nq, kRowGroup, n_threads, [&](idx_t i0, idx_t i1, int tid) {
+        std::vector<QuantRows> qrows(nt);
+        std::vector<ScreenScratch> scratch(screen ? nt : 0);
+        parallel_for(nq, group, n_threads, [&](idx_t i0, idx_t i1, int tid) {
             const idx_t rows = i1 - i0;
-            AlignedFloats& a = bufs[tid];
-            a.resize(packed_rows_size(kRowGroup, d, mr));
-            pack_rows(qids ? q.data : q.data + i0 * q.stride, q.stride, qids ? qids + i0 : nullptr, rows, d, mr,
-                      nullptr, a.ptr);
             State& st = states[tid];
             st.reset(rows, mr);
-            TileArgs t;
-            t.a = a.ptr;
-            t.n_rows = rows;
-            t.d = d;
             // Column chunks keep one call's blocks within a few MB.
             const idx_t col_chunk = std::max<idx_t>(kBlock, (idx_t{1} << 20) / d / kBlock * kBlock);
-            for (idx_t c0 = 0; c0 < n; c0 += col_chunk) {
-                t.b = packed.ptr + c0 * d;
-                t.n_cols = std::min(col_chunk, n - c0);
-                t.col_bias = col_bias ? col_bias + c0 : nullptr;
-                st.run(K, t, 0, c0);
+            if (screen) {
+                QuantRows& qr = qrows[tid];
+                qr.quantize(q.data + (qids ? 0 : i0 * q.stride), q.stride, qids ? qids + i0 : nullptr, rows, d);
+                for (idx_t c0 = 0; c0 < n; c0 += col_chunk)
+                    screened_call(K, st, 0, qr, 0, rows, q, qids, i0, qc, c0, std::min(col_chunk, n - c0),
+                                  packed.ptr, 0, d, scratch[tid]);
+            } else {
+                AlignedFloats& a = bufs[tid];
+                a.resize(packed_rows_size(kRowGroup, d, mr));
+                pack_rows(qids ? q.data : q.data + i0 * q.stride, q.stride, qids ? qids + i0 : nullptr, rows, d, mr,
+                          nullptr, a.ptr);
+                TileArgs t;
+                t.a = a.ptr;
+                t.n_rows = rows;
+                t.d = d;
+                for (idx_t c0 = 0; c0 < n; c0 += col_chunk) {
+                    t.b = packed.ptr + c0 * d;
+                    t.n_cols = std::min(col_chunk, n - c0);
+                    t.col_bias = col_bias ? col_bias + c0 : nullptr;
+                    st.run(K, t, 0, c0);
+                }
             }
             for (idx_t r = 0; r < rows; ++r) emit(i0 + r, st, r);
         });
@@ -211,16 +337,23 @@ void search_driver(MatrixView<const float> db, MatrixView<const float> q, const 
     const int nt = resolve_threads(n_threads);
     const idx_t q_chunk = std::min<idx_t>(nq, 8192);
     AlignedFloats a;
+    QuantRows qr;
     for (idx_t q0 = 0; q0 < nq; q0 += q_chunk) {
         const idx_t rows = std::min(q_chunk, nq - q0);
-        a.resize(packed_rows_size(rows, d, mr));
-        parallel_for(rows, kRowGroup, n_threads, [&](idx_t r0, idx_t r1, int) {
-            pack_rows(q.data + (qids ? 0 : (q0 + r0) * q.stride), q.stride, qids ? qids + q0 + r0 : nullptr,
-                      r1 - r0, d, mr, nullptr, a.ptr + r0 * d);
-        });
+        if (screen) {
+            qr.quantize(q.data + (qids ? 0 : q0 * q.stride), q.stride, qids ? qids + q0 : nullptr, rows, d);
+        } else {
+            a.resize(packed_rows_size(rows, d, mr));
+            parallel_for(rows, kRowGroup, n_threads, [&](idx_t r0, idx_t r1, int) {
+                pack_rows(q.data + (qids ? 0 : (q0 + r0) * q.stride), q.stride, qids ? qids + q0 + r0 : nullptr,
+                          r1 - r0, d, mr, nullptr, a.ptr + r0 * d);
+            });
+        }
         std::vector<State> states(nt, proto);
         std::vector<char> used(nt, 0);
         std::vector<AlignedFloats> bufs(nt);
+        std::vector<QuantCols> qcols(nt);
+        std::vector<ScreenScratch> scratch(screen ? nt : 0);
         parallel_for(n, kDbChunk, n_threads, [&](idx_t c0, idx_t c1, int tid) {
             State& st = states[tid];
             if (!used[tid]) {
@@ -230,6 +363,14 @@ void search_driver(MatrixView<const float> db, MatrixView<const float> q, const 
             AlignedFloats& buf = bufs[tid];
             buf.resize(kDbChunk * d);
             K.pack_blocks_f32(db.data + c0 * db.stride, db.stride, nullptr, c1 - c0, d, buf.ptr);
+            if (screen) {
+                QuantCols& qc = qcols[tid];
+                qc.quantize(db.data + c0 * db.stride, db.stride, c1 - c0, d, 1);
+                for (idx_t r0 = 0; r0 < rows; r0 += kScreenRowGroup)
+                    screened_call(K, st, r0, qr, r0, std::min(kScreenRowGroup, rows - r0), q, qids, q0, qc, 0,
+                                  c1 - c0, buf.ptr, c0, d, scratch[tid]);
+                return;
+            }
             TileArgs t;
             t.b = buf.ptr;
             t.n_cols = c1 - c0;
@@ -273,11 +414,11 @@ void exact_search(MatrixView<const float> database, MatrixView<const float> quer
         return;
     }
     HeapState proto;
-    proto.k = static_cast<int>(std::min<idx_t>(k, database.rows));
+    proto.kk = static_cast<int>(std::min<idx_t>(k, database.rows));
     search_driver<HeapState>(database, queries, nullptr, queries.rows, nullptr, proto, n_threads,
                              [&](idx_t qi, const HeapState& st, idx_t r) {
-                                 std::vector<float> s(proto.k);
-                                 std::vector<idx_t> ids(proto.k);
+                                 std::vector<float> s(proto.kk);
+                                 std::vector<idx_t> ids(proto.kk);
                                  st.write(r, s.data(), ids.data());
                                  std::copy(s.begin(), s.end(), out_scores.row(qi));
                                  std::copy(ids.begin(), ids.end(), out_ids.row(qi));

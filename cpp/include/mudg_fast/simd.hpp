@@ -81,7 +81,29 @@ struct Kernels {
                             float* out);
     /// dst[i] = half(src[i]), round to nearest even (identical to float_to_half()).
     void (*f32_to_f16)(const float* src, idx_t n, std::uint16_t* dst);
+
+    // --- int8 screening (see screen.hpp): approximate scores, then exact fp32 re-scoring ------
+    /// Whether exact searches screen with int8 at this level by default (faster than fp32 tiles).
+    bool screening;
+    /// out[r * ld + c] = float(S_rc - col_corr[c]) * (row_scale[r] * col_scale[c]) where S_rc is
+    /// the int32 dot product of u8 row r (panels of kMr8 rows: a[p][d4][kMr8][4]) and s8 column c
+    /// (blocks of 16: b[blk][d4][16][4]).
+    void (*i8_scores)(const std::uint8_t* a, idx_t n_rows, const std::int8_t* b, idx_t n_cols, idx_t d4,
+                      const float* row_scale, const float* col_scale, const std::int32_t* col_corr, float* out,
+                      idx_t ld);
+    /// Largest of z[0..n).
+    float (*max_value)(const float* z, idx_t n);
+    /// Writes the indices c with z[c] >= tau to out (ascending); returns how many.
+    idx_t (*collect_ge)(const float* z, idx_t n, float tau, std::int32_t* out);
+    /// Quantises one row: a = max|x| / lim (1 when x == 0), q = round(x / a) clamped to
+    /// [-lim, lim]; byte (q + offset) of dimension k goes to out[(k / 4) * stride + k % 4].
+    /// Returns a, and upper bounds of a|q|, |x - a q| and |x| in stats[0..3).
+    void (*quantize_row)(const float* x, idx_t d, int lim, int offset, std::uint8_t* out, idx_t stride, float* a,
+                         double* stats);
 };
+
+/// Rows per u8 panel of the int8 screening kernels (all levels).
+constexpr int kMr8 = 6;
 
 /// The active kernel table (resolved on first use; thread-safe).
 const Kernels& kernels();

@@ -2,6 +2,8 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "mudg_fast/simd.hpp"
@@ -56,6 +58,7 @@ struct Isa {
 
 #include "tile_impl.hpp"
 #include "pack_impl.hpp"
+#include "i8_impl.hpp"
 
 void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
     idx_t i = 0;
@@ -65,7 +68,8 @@ void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
     for (; i < n; ++i) dst[i] = float_to_half(src[i]);
 }
 
-const Kernels kTable = {SimdLevel::avx2, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16};
+const Kernels kTable = {SimdLevel::avx2, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
+                          true, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row};
 
 }  // namespace
 

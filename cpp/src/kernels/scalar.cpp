@@ -1,6 +1,7 @@
 // Portable reference kernels: plain loops with the same arithmetic as the vector ISAs (one fma
 // chain per score, dimensions in increasing order). Always built; the other levels are tested
 // for bit-equality against these.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -81,7 +82,62 @@ void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
     for (idx_t i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
 }
 
-const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16};
+void k_i8_scores(const std::uint8_t* a, idx_t n_rows, const std::int8_t* b, idx_t n_cols, idx_t d4,
+                 const float* row_scale, const float* col_scale, const std::int32_t* col_corr, float* out,
+                 idx_t ld) {
+    for (idx_t r = 0; r < n_rows; ++r) {
+        const std::uint8_t* ap = a + (r / kMr8) * d4 * 4 * kMr8 + (r % kMr8) * 4;
+        for (idx_t c = 0; c < n_cols; ++c) {
+            const std::int8_t* bp = b + (c / 16) * d4 * 64 + (c % 16) * 4;
+            std::int32_t s = 0;
+            for (idx_t k = 0; k < d4; ++k)
+                for (int i = 0; i < 4; ++i) s += static_cast<std::int32_t>(ap[k * 4 * kMr8 + i]) * bp[k * 64 + i];
+            out[r * ld + c] = static_cast<float>(s - col_corr[c]) * (row_scale[r] * col_scale[c]);
+        }
+    }
+}
+
+float k_max_value(const float* z, idx_t n) {
+    float m = -HUGE_VALF;
+    for (idx_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+    return m;
+}
+
+idx_t k_collect_ge(const float* z, idx_t n, float tau, std::int32_t* out) {
+    idx_t cnt = 0;
+    for (idx_t i = 0; i < n; ++i)
+        if (z[i] >= tau) out[cnt++] = static_cast<std::int32_t>(i);
+    return cnt;
+}
+
+void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* out, idx_t stride, float* a_out,
+                    double* stats) {
+    float amax = 0;
+    double x2 = 0;
+    for (idx_t k = 0; k < d; ++k) {
+        amax = std::max(amax, std::fabs(x[k]));
+        x2 += static_cast<double>(x[k]) * x[k];
+    }
+    const float a = amax > 0 ? amax / static_cast<float>(lim) : 1.0f;
+    const float inv = 1.0f / a;
+    double q2 = 0, e2 = 0;
+    for (idx_t k = 0; k < d; ++k) {
+        const float f = x[k] * inv;
+        int q = static_cast<int>(std::nearbyint(f));
+        q = q > lim ? lim : (q < -lim ? -lim : q);
+        const double e = static_cast<double>(x[k]) - static_cast<double>(a) * q;
+        q2 += static_cast<double>(q) * q;
+        e2 += e * e;
+        out[(k / 4) * stride + (k % 4)] = static_cast<std::uint8_t>(q + offset);
+    }
+    *a_out = a;
+    stats[0] = a * std::sqrt(q2) * (1.0 + 1e-12);
+    stats[1] = std::sqrt(e2) * (1.0 + 1e-9) + 1e-300;
+    stats[2] = std::sqrt(x2) * (1.0 + 1e-9);
+}
+
+const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
+                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row};
 
 }  // namespace
 
