@@ -92,9 +92,16 @@ def test_build_equals_training_on_the_sample_then_adding_everything(coll, tmp_pa
 def test_same_seed_same_file_other_seed_other_index(coll, reference, tmp_path):
     root = coll[0]
     out = tmp_path / "again.ivf"
-    build_index(root / "img_emb", root / "text_emb", out=out, **{**KW, "batch_size": 777, "checkpoint_every": 0})
+    build_index(
+        root / "img_emb",
+        root / "text_emb",
+        out=out,
+        **{**KW, "batch_size": 777, "checkpoint_every": 0},
+    )
     assert out.read_bytes() == reference[1]  # batch size and checkpoints do not change the result
-    other = build_index(root / "img_emb", root / "text_emb", out=tmp_path / "s1.ivf", **{**KW, "seed": 1})
+    other = build_index(
+        root / "img_emb", root / "text_emb", out=tmp_path / "s1.ivf", **{**KW, "seed": 1}
+    )
     assert not np.array_equal(other.centroids, IVFIndex.load(reference[0]).centroids)
 
 
@@ -128,7 +135,9 @@ def test_budget_sets_the_batch_size(coll):
     assert small.batch_rows == 1_500 and small.batch_bytes == 1_500 * per_row
     assert small.peak_bytes <= budget and small.resident_index_bytes >= small.index_bytes
     with pytest.raises(BuildError, match="too small"):
-        plan_build(img, nlist=NLIST, codec="sq8", train_size=500, memory_budget=budget - 1_000 * per_row)
+        plan_build(
+            img, nlist=NLIST, codec="sq8", train_size=500, memory_budget=budget - 1_000 * per_row
+        )
     with pytest.raises(BuildError, match="train_size <="):
         plan_build(img, nlist=NLIST, train_size=12_000, paired=True, memory_budget=budget)
 
@@ -153,19 +162,32 @@ def test_interrupted_build_resumes_to_the_identical_file(coll, reference, tmp_pa
         build_index(root / "img_emb", root / "text_emb", out=out, **{**KW, "progress": killer})
     assert not out.exists()
     m = json.loads(manifest.read_text())
-    assert m["trained"] and m["shards_done"] == 2 and m["ntotal_done"] == 2 * SHARD and not m["complete"]
+    assert (
+        m["trained"]
+        and m["shards_done"] == 2
+        and m["ntotal_done"] == 2 * SHARD
+        and not m["complete"]
+    )
 
     trains, calls = [], []
     orig = IVFIndex.train_paired
-    monkeypatch.setattr(IVFIndex, "train_paired", lambda self, *a, **k: trains.append(1) or orig(self, *a, **k))
-    build_index(root / "img_emb", root / "text_emb", out=out,
-                **{**KW, "progress": lambda done, total: calls.append(done)})
+    monkeypatch.setattr(
+        IVFIndex, "train_paired", lambda self, *a, **k: trains.append(1) or orig(self, *a, **k)
+    )
+    build_index(
+        root / "img_emb",
+        root / "text_emb",
+        out=out,
+        **{**KW, "progress": lambda done, total: calls.append(done)},
+    )
     assert not trains  # training was not redone
     assert calls[0] > 2 * SHARD  # adding restarted at the third shard
     assert out.read_bytes() == reference[1]
 
 
-def test_interrupted_during_training_and_before_any_checkpoint(coll, reference, tmp_path, monkeypatch):
+def test_interrupted_during_training_and_before_any_checkpoint(
+    coll, reference, tmp_path, monkeypatch
+):
     root = coll[0]
     out = tmp_path / "t.ivf"
     orig = IVFIndex.train_paired
@@ -197,8 +219,8 @@ def test_killed_subprocess_resumes_to_the_identical_file(coll, reference, tmp_pa
     script = textwrap.dedent(f"""
         import time
         from mudg_fast.build import build_index
-        build_index({str(root / 'img_emb')!r}, {str(root / 'text_emb')!r}, out={str(out)!r}, nlist={NLIST},
-                    train_size={TRAIN}, batch_size=250, checkpoint_every=1,
+        build_index({str(root / "img_emb")!r}, {str(root / "text_emb")!r}, out={str(out)!r},
+                    nlist={NLIST}, train_size={TRAIN}, batch_size=250, checkpoint_every=1,
                     progress=lambda done, total: time.sleep(0.03))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
@@ -276,7 +298,9 @@ def test_completed_build_is_not_redone(coll, reference, tmp_path, monkeypatch):
     out = tmp_path / "done.ivf"
     build_index(root / "img_emb", root / "text_emb", out=out, **KW)
     mtime = out.stat().st_mtime_ns
-    monkeypatch.setattr(IVFIndex, "train_paired", lambda *a, **k: pytest.fail("retrained a finished build"))
+    monkeypatch.setattr(
+        IVFIndex, "train_paired", lambda *a, **k: pytest.fail("retrained a finished build")
+    )
     ix = build_index(root / "img_emb", root / "text_emb", out=out, **KW)
     assert ix.ntotal == N and out.stat().st_mtime_ns == mtime
     # a different request for the same output rebuilds (nothing unfinished is lost)
@@ -323,7 +347,9 @@ def test_bad_inputs_raise_clear_errors(coll, tmp_path):
     with pytest.raises(BuildError, match="is a folder"):
         build_index(root / "img_emb", None, out=tmp_path, **KW)
     with pytest.raises(BuildError, match="too small"):
-        build_index(root / "img_emb", None, out=out, **{**KW, "batch_size": None, "memory_budget": "8MB"})
+        build_index(
+            root / "img_emb", None, out=out, **{**KW, "batch_size": None, "memory_budget": "8MB"}
+        )
     for bad in ({"seed": -1}, {"nlist": 0}, {"batch_size": 0}, {"progress": "yes"}):
         with pytest.raises(BuildError):
             build_index(root / "img_emb", None, out=out, **{**KW, **bad})
@@ -347,15 +373,52 @@ def test_cli_build_index(coll, reference, tmp_path, capsys):
 
     root = coll[0]
     out = tmp_path / "cli.ivf"
-    rc = main(["build-index", "--images_dir", str(root / "img_emb"), "--captions_dir", str(root / "text_emb"),
-               "--out", str(out), "--nlist", str(NLIST), "--train_size", str(TRAIN), "--batch_size", "1000",
-               "--no_progress"])
+    rc = main(
+        [
+            "build-index",
+            "--images_dir",
+            str(root / "img_emb"),
+            "--captions_dir",
+            str(root / "text_emb"),
+            "--out",
+            str(out),
+            "--nlist",
+            str(NLIST),
+            "--train_size",
+            str(TRAIN),
+            "--batch_size",
+            "1000",
+            "--no_progress",
+        ]
+    )
     assert rc == 0 and out.read_bytes() == reference[1]
-    rc = main(["build-index", "--embeddings", str(root), "--index_path", str(tmp_path / "x.ivf"), "--nlist", "8",
-               "--memory_budget", "lots", "--no_progress"])
+    rc = main(
+        [
+            "build-index",
+            "--embeddings",
+            str(root),
+            "--index_path",
+            str(tmp_path / "x.ivf"),
+            "--nlist",
+            "8",
+            "--memory_budget",
+            "lots",
+            "--no_progress",
+        ]
+    )
     assert rc == 2 and "cannot read memory size" in capsys.readouterr().err
-    rc = main(["build-index", "--embeddings", str(tmp_path / "nothing"), "--index_path", str(tmp_path / "x.ivf"),
-               "--nlist", "8", "--no_progress"])
+    rc = main(
+        [
+            "build-index",
+            "--embeddings",
+            str(tmp_path / "nothing"),
+            "--index_path",
+            str(tmp_path / "x.ivf"),
+            "--nlist",
+            "8",
+            "--no_progress",
+        ]
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -378,7 +441,8 @@ base = status("VmRSS")  # conservative: the import peak may have been higher
 ix = build_index(root + "/img_emb", None, out=out, progress=False, **kw)
 peak = status("VmHWM")
 print(json.dumps(dict(extra=peak - base, index=ix.memory_bytes() + ix.nlist * ix.dim * 4,
-                      batch_rows=plan.batch_rows, batch_bytes=plan.batch_bytes, planned_peak=plan.peak_bytes)))
+                      batch_rows=plan.batch_rows, batch_bytes=plan.batch_bytes,
+                      planned_peak=plan.peak_bytes)))
 """
 
 
@@ -386,17 +450,25 @@ print(json.dumps(dict(extra=peak - base, index=ix.memory_bytes() + ix.nlist * ix
 def test_peak_memory_is_the_index_plus_one_batch(tmp_path):
     from mudg_fast.shards import write_collection
 
-    x = mudg_fast.datasets.clustered_unit_vectors(200_000, 128, n_clusters=500, seed=3, dtype=np.float16)
+    x = mudg_fast.datasets.clustered_unit_vectors(
+        200_000, 128, n_clusters=500, seed=3, dtype=np.float16
+    )
     write_collection(tmp_path / "c", x, shard_rows=100_000, dtype=np.float16)
     del x
-    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "c"), str(tmp_path / "o.ivf")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / "c"), str(tmp_path / "o.ivf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
     assert m["batch_rows"] < 100_000  # shards are streamed, not loaded whole
     bound = 1.10 * (m["index"] + m["batch_bytes"])
-    print(f"peak RSS above baseline {m['extra'] / 2**20:.1f} MiB; index {m['index'] / 2**20:.1f} MiB, batch "
-          f"{m['batch_rows']} rows {m['batch_bytes'] / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB, planned peak "
-          f"{m['planned_peak'] / 2**20:.1f} MiB")
+    print(
+        f"peak RSS above baseline {m['extra'] / 2**20:.1f} MiB; index {m['index'] / 2**20:.1f} "
+        f"MiB, batch {m['batch_rows']} rows {m['batch_bytes'] / 2**20:.1f} MiB, bound "
+        f"{bound / 2**20:.1f} MiB, planned peak {m['planned_peak'] / 2**20:.1f} MiB"
+    )
     assert m["extra"] <= bound
     assert m["extra"] <= m["planned_peak"]  # the up-front estimate is an upper bound

@@ -40,17 +40,23 @@ def test_export_has_our_lists_and_vectors(codec, data):
     f = ivf_to_faiss(ix)
     assert f.ntotal == ix.ntotal and f.nlist == NLIST and f.d == D
     assert f.metric_type == faiss.METRIC_INNER_PRODUCT and f.is_trained
-    kind = {"f32": faiss.IndexIVFFlat, "sq4": faiss.IndexIVFFlat, "f16": faiss.IndexIVFScalarQuantizer,
-            "sq8": faiss.IndexIVFScalarQuantizer}[codec]
+    kind = {
+        "f32": faiss.IndexIVFFlat,
+        "sq4": faiss.IndexIVFFlat,
+        "f16": faiss.IndexIVFScalarQuantizer,
+        "sq8": faiss.IndexIVFScalarQuantizer,
+    }[codec]
     assert isinstance(f, kind)
     if isinstance(f, faiss.IndexIVFScalarQuantizer):
         assert not f.by_residual
-    np.testing.assert_array_equal(faiss.downcast_index(f.quantizer).reconstruct_n(0, NLIST), ix.centroids)
-    for l in range(NLIST):
-        n = f.invlists.list_size(l)
-        assert n == ix.list_sizes()[l]
-        got = faiss.rev_swig_ptr(f.invlists.get_ids(l), n).copy() if n else np.zeros(0, np.int64)
-        np.testing.assert_array_equal(got, ix.list_ids(l))  # same ids, same order
+    np.testing.assert_array_equal(
+        faiss.downcast_index(f.quantizer).reconstruct_n(0, NLIST), ix.centroids
+    )
+    for j in range(NLIST):
+        n = f.invlists.list_size(j)
+        assert n == ix.list_sizes()[j]
+        got = faiss.rev_swig_ptr(f.invlists.get_ids(j), n).copy() if n else np.zeros(0, np.int64)
+        np.testing.assert_array_equal(got, ix.list_ids(j))  # same ids, same order
     f.make_direct_map()
     ids = np.random.default_rng(0).choice(len(x), 300, replace=False)
     rec = np.stack([f.reconstruct(int(i)) for i in ids])

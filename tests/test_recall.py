@@ -7,8 +7,14 @@ import pytest
 
 import mudg_fast
 from mudg_fast import IVFIndex
-from mudg_fast.recall import (RecallResult, evaluate_recall, exact_ground_truth, modality_gap, plot_recall,
-                              recall_at_k)
+from mudg_fast.recall import (
+    RecallResult,
+    evaluate_recall,
+    exact_ground_truth,
+    modality_gap,
+    plot_recall,
+    recall_at_k,
+)
 from mudg_fast.shards import EmbeddingShards, write_collection
 from shard_helpers import noisy_pairs
 
@@ -128,7 +134,9 @@ def test_plot_is_a_png(setup, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     img = matplotlib.image.imread(out)
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 600
-    assert sorted(p.name for p in out.parent.iterdir()) == ["recall.png"]  # no temporary left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "recall.png"
+    ]  # no temporary left behind
     with pytest.raises(ValueError):
         plot_recall({}, tmp_path / "x.png")
     with pytest.raises(TypeError):
@@ -189,10 +197,30 @@ def test_cli_eval_index(tmp_path, capsys):
     std.add(images16).save(tmp_path / "std.ivf")
     paired = IVFIndex(D, NLIST, codec="f32").train_paired(images16, captions16)
     paired.add(images16).save(tmp_path / "paired.ivf")
-    rc = main(["eval-index", "--index", str(tmp_path / "std.ivf"), "--paired_index", str(tmp_path / "paired.ivf"),
-               "--queries", str(tmp_path / "c" / "text_emb"), "--database", str(tmp_path / "c" / "img_emb"),
-               "--num_queries", "200", "--k", "10", "--nprobes", "1,4,16", "--pairs",
-               "--plot", str(tmp_path / "r.png"), "--report", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "eval-index",
+            "--index",
+            str(tmp_path / "std.ivf"),
+            "--paired_index",
+            str(tmp_path / "paired.ivf"),
+            "--queries",
+            str(tmp_path / "c" / "text_emb"),
+            "--database",
+            str(tmp_path / "c" / "img_emb"),
+            "--num_queries",
+            "200",
+            "--k",
+            "10",
+            "--nprobes",
+            "1,4,16",
+            "--pairs",
+            "--plot",
+            str(tmp_path / "r.png"),
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "standard R@10" in out and "paired R@10" in out and "modality gap" in out
     rep = json.loads((tmp_path / "r.json").read_text())
@@ -207,11 +235,33 @@ def test_cli_eval_index(tmp_path, capsys):
     assert [r["recall"] for r in rep["results"]["paired"]["results"]] == res.recall
 
     np.save(tmp_path / "q.npy", captions16[:50])
-    rc = main(["eval-index", "--index", str(tmp_path / "std.ivf"), "--queries", str(tmp_path / "q.npy")])
+    rc = main(
+        ["eval-index", "--index", str(tmp_path / "std.ivf"), "--queries", str(tmp_path / "q.npy")]
+    )
     assert rc == 2 and "--database" in capsys.readouterr().err
-    rc = main(["eval-index", "--index", str(tmp_path / "nope.ivf"), "--queries", str(tmp_path / "q.npy"),
-               "--database", str(tmp_path / "q.npy")])
+    rc = main(
+        [
+            "eval-index",
+            "--index",
+            str(tmp_path / "nope.ivf"),
+            "--queries",
+            str(tmp_path / "q.npy"),
+            "--database",
+            str(tmp_path / "q.npy"),
+        ]
+    )
     assert rc == 2 and "cannot load index" in capsys.readouterr().err
-    rc = main(["eval-index", "--index", str(tmp_path / "std.ivf"), "--queries", str(tmp_path / "q.npy"),
-               "--database", str(tmp_path / "q.npy"), "--nprobes", "1,x"])
+    rc = main(
+        [
+            "eval-index",
+            "--index",
+            str(tmp_path / "std.ivf"),
+            "--queries",
+            str(tmp_path / "q.npy"),
+            "--database",
+            str(tmp_path / "q.npy"),
+            "--nprobes",
+            "1,x",
+        ]
+    )
     assert rc == 2 and "--nprobes" in capsys.readouterr().err

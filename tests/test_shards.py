@@ -3,9 +3,19 @@
 import numpy as np
 import pytest
 
-from mudg_fast.shards import (EmbeddingShards, MetadataShards, ShardError, check_aligned, fetch_embeddings,
-                              fetch_metadata, gather, open_collection, read_npy_header, sample_ids,
-                              write_collection)
+from mudg_fast.shards import (
+    EmbeddingShards,
+    MetadataShards,
+    ShardError,
+    check_aligned,
+    fetch_embeddings,
+    fetch_metadata,
+    gather,
+    open_collection,
+    read_npy_header,
+    sample_ids,
+    write_collection,
+)
 from shard_helpers import make_collection
 
 
@@ -18,7 +28,12 @@ def collection(tmp_path_factory):
 def test_layout_ids_follow_shard_order(collection):
     root, images, captions = collection
     c = open_collection(root)
-    assert c.ntotal == 2_500 and c.images.dim == 20 and c.captions is not None and c.metadata is not None
+    assert (
+        c.ntotal == 2_500
+        and c.images.dim == 20
+        and c.captions is not None
+        and c.metadata is not None
+    )
     assert [s.rows for s in c.images.shards] == [700, 700, 700, 400]
     assert [s.offset for s in c.images.shards] == [0, 700, 1400, 2100]
     assert all(s.dtype == np.float16 for s in c.images.shards)
@@ -36,7 +51,12 @@ def test_lexicographic_order_defines_global_ids(tmp_path):
         np.save(folder / f"img_emb_{i}.npy", np.full((3, 4), i, dtype=np.float32))
     (folder / "notes.txt").write_text("ignored")
     s = EmbeddingShards(folder)
-    assert [sh.name for sh in s.shards] == ["img_emb_0.npy", "img_emb_1.npy", "img_emb_10.npy", "img_emb_2.npy"]
+    assert [sh.name for sh in s.shards] == [
+        "img_emb_0.npy",
+        "img_emb_1.npy",
+        "img_emb_10.npy",
+        "img_emb_2.npy",
+    ]
     np.testing.assert_array_equal(s.fetch([0, 3, 6, 9])[:, 0], [0, 1, 10, 2])
 
 
@@ -49,7 +69,7 @@ def test_batches_never_span_shards_and_respect_size(collection):
             assert x.dtype == np.float32 and x.flags.c_contiguous
             assert x.shape[0] <= 300 and sh.offset <= first and first + x.shape[0] <= sh.stop
             assert first == seen
-            np.testing.assert_array_equal(x, images[first:first + x.shape[0]])
+            np.testing.assert_array_equal(x, images[first : first + x.shape[0]])
             seen += x.shape[0]
         assert seen == s.ntotal
         assert not s._maps  # every shard's map was closed after its batches
@@ -110,7 +130,10 @@ def test_metadata_by_global_id(tmp_path):
     assert t.column("key").to_pylist() == ids.tolist()
     assert t.column("url").to_pylist() == [f"https://example.org/{i}.jpg" for i in ids]
     t2 = fetch_metadata(root / "metadata", ids, columns=["caption"])
-    assert t2.column_names == ["caption"] and t2.column("caption").to_pylist()[0] == "caption number 999"
+    assert (
+        t2.column_names == ["caption"]
+        and t2.column("caption").to_pylist()[0] == "caption number 999"
+    )
     assert meta.fetch([]).num_rows == 0
     with pytest.raises(IndexError):
         meta.fetch([1000])
@@ -131,7 +154,9 @@ def test_missing_and_empty_folders(tmp_path):
         EmbeddingShards(tmp_path / "file.npy")
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "header_only", "ints", "three_d", "fortran"])
+@pytest.mark.parametrize(
+    "damage", ["garbage", "truncated", "header_only", "ints", "three_d", "fortran"]
+)
 def test_damaged_shards_are_named(tmp_path, damage):
     folder = tmp_path / "img_emb"
     folder.mkdir()
@@ -186,8 +211,13 @@ def test_nan_rows_are_reported_with_their_id(tmp_path):
 
 def test_alignment_checks(tmp_path):
     root = tmp_path
-    for name, shards in (("img_emb", [(0, 5), (1, 6)]), ("text_emb", [(0, 5), (1, 6)]), ("bad_rows", [(0, 5), (1, 7)]),
-                         ("bad_count", [(0, 11)]), ("bad_keys", [(0, 5), (2, 6)])):
+    for name, shards in (
+        ("img_emb", [(0, 5), (1, 6)]),
+        ("text_emb", [(0, 5), (1, 6)]),
+        ("bad_rows", [(0, 5), (1, 7)]),
+        ("bad_count", [(0, 11)]),
+        ("bad_keys", [(0, 5), (2, 6)]),
+    ):
         (root / name).mkdir()
         for key, rows in shards:
             np.save(root / name / f"{name}_{key}.npy", np.ones((rows, 4), np.float16))
@@ -200,7 +230,9 @@ def test_alignment_checks(tmp_path):
         check_aligned(img, EmbeddingShards(root / "bad_rows"))
     with pytest.raises(ShardError, match="2 images shards but 1"):
         check_aligned(img, EmbeddingShards(root / "bad_count"))
-    with pytest.raises(ShardError, match=r"img_emb_1.npy pairs with .*bad_keys_2.npy.* numbers differ"):
+    with pytest.raises(
+        ShardError, match=r"img_emb_1.npy pairs with .*bad_keys_2.npy.* numbers differ"
+    ):
         check_aligned(img, EmbeddingShards(root / "bad_keys"))
     with pytest.raises(ShardError, match="dim 4 .* dim 5"):
         check_aligned(img, EmbeddingShards(root / "bad_dim"))
@@ -231,8 +263,11 @@ def test_read_npy_header_reads_only_the_header(tmp_path):
 def test_write_collection_round_trip(tmp_path, rng):
     x = rng.standard_normal((25, 5)).astype(np.float32)
     write_collection(tmp_path, x, x * 2, shard_rows=10, dtype=np.float32)
-    assert sorted(p.name for p in (tmp_path / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy",
-                                                                          "img_emb_2.npy"]
+    assert sorted(p.name for p in (tmp_path / "img_emb").iterdir()) == [
+        "img_emb_0.npy",
+        "img_emb_1.npy",
+        "img_emb_2.npy",
+    ]
     c = open_collection(tmp_path)
     np.testing.assert_array_equal(c.images.fetch(np.arange(25)), x)
     np.testing.assert_array_equal(c.captions.fetch(np.arange(25)), 2 * x)

@@ -48,11 +48,19 @@ from ._arrays import resolve_threads
 from .index import CODECS, IVFIndex, atomic_write
 from .shards import EmbeddingShards, ShardError, check_aligned, gather, sample_ids
 
-__all__ = ["build_index", "plan_build", "BuildPlan", "BuildError", "parse_memory", "format_bytes",
-           "default_train_size", "MANIFEST_FORMAT"]
+__all__ = [
+    "build_index",
+    "plan_build",
+    "BuildPlan",
+    "BuildError",
+    "parse_memory",
+    "format_bytes",
+    "default_train_size",
+    "MANIFEST_FORMAT",
+]
 
 MANIFEST_FORMAT = "mudg_fast.build-index/1"
-MAX_BATCH_ROWS = 262_144   # larger batches do not add speed, only memory
+MAX_BATCH_ROWS = 262_144  # larger batches do not add speed, only memory
 MIN_BATCH_ROWS = 1_024
 FIXED_OVERHEAD = 32 << 20  # native add() scratch, Python objects, progress bar
 # The native inverted lists grow by reallocation (x1.5 per step), and the allocator keeps part of
@@ -83,13 +91,16 @@ def parse_memory(value) -> Optional[int]:
             raise BuildError(f"memory size must be positive, got {value}")
         return int(value)
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(?:i?b)?\s*", value, flags=re.IGNORECASE)
+        m = re.fullmatch(
+            r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(?:i?b)?\s*", value, flags=re.IGNORECASE
+        )
         if m:
             n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
             if n > 0:
                 return n
-    raise BuildError(f"cannot read memory size {value!r}: use bytes or a number with a unit, e.g. '4GB', "
-                     "'512MB'")
+    raise BuildError(
+        f"cannot read memory size {value!r}: use bytes or a number with a unit, e.g. '4GB', '512MB'"
+    )
 
 
 def format_bytes(n: float) -> str:
@@ -144,13 +155,13 @@ class BuildPlan:
     paired: bool
     train_size: int
     memory_budget: int
-    index_bytes: int       # the finished index in memory (lists, ids, centroids)
+    index_bytes: int  # the finished index in memory (lists, ids, centroids)
     resident_index_bytes: int  # the index while it grows (index_bytes x GROWTH_SLACK)
     batch_rows: int
-    batch_bytes: int       # float32 batch + ids + the source pages of one batch
-    train_bytes: int       # training sample(s) and k-means working memory
-    file_bytes: int        # the index file on disk
-    disk_peak_bytes: int   # checkpoint + its temporary copy, or checkpoint + output
+    batch_bytes: int  # float32 batch + ids + the source pages of one batch
+    train_bytes: int  # training sample(s) and k-means working memory
+    file_bytes: int  # the index file on disk
+    disk_peak_bytes: int  # checkpoint + its temporary copy, or checkpoint + output
 
     @property
     def add_peak_bytes(self) -> int:
@@ -177,8 +188,16 @@ def _file_bytes(ntotal: int, dim: int, nlist: int, codec: str) -> int:
     return int(head + ntotal * (bpv + 8) + nlist * (8 * bpv + 36) + 16)
 
 
-def plan_build(images: EmbeddingShards, *, nlist: int, codec: str = "sq8", train_size: Optional[int] = None,
-               memory_budget=None, paired: bool = False, batch_size: Optional[int] = None) -> BuildPlan:
+def plan_build(
+    images: EmbeddingShards,
+    *,
+    nlist: int,
+    codec: str = "sq8",
+    train_size: Optional[int] = None,
+    memory_budget=None,
+    paired: bool = False,
+    batch_size: Optional[int] = None,
+) -> BuildPlan:
     """Memory, disk and batch size of a build over ``images`` (raises BuildError when the budget
     cannot hold the index plus a minimal batch, or the training sample)."""
     ntotal, dim = images.ntotal, images.dim
@@ -186,7 +205,9 @@ def plan_build(images: EmbeddingShards, *, nlist: int, codec: str = "sq8", train
     if budget is None:
         avail = _available_memory()
         budget = int(0.8 * avail) if avail else 8 << 30
-    train_n = default_train_size(ntotal, nlist) if train_size is None else min(int(train_size), ntotal)
+    train_n = (
+        default_train_size(ntotal, nlist) if train_size is None else min(int(train_size), ntotal)
+    )
     index_bytes = _index_bytes(ntotal, dim, nlist, codec)
     resident = int(index_bytes * GROWTH_SLACK)
     itemsize = max(s.dtype.itemsize for s in images.shards)
@@ -200,32 +221,56 @@ def plan_build(images: EmbeddingShards, *, nlist: int, codec: str = "sq8", train
         if batch_rows < min(MIN_BATCH_ROWS, largest):
             need = resident + FIXED_OVERHEAD + min(MIN_BATCH_ROWS, largest) * per_row
             raise BuildError(
-                f"memory_budget {format_bytes(budget)} is too small: the finished index needs about "
-                f"{format_bytes(resident)} in memory while it grows ({ntotal:,} vectors x {dim} with codec "
-                f"{codec!r}) plus "
-                f"batches of at least {MIN_BATCH_ROWS} rows; give at least {format_bytes(need)}, or use a "
-                "smaller codec (f16 < f32, sq8 < f16, sq4 < sq8)")
+                f"memory_budget {format_bytes(budget)} is too small: the finished index needs "
+                f"about {format_bytes(resident)} in memory while it grows ({ntotal:,} vectors x "
+                f"{dim} with codec {codec!r}) plus batches of at least {MIN_BATCH_ROWS} rows; give "
+                f"at least {format_bytes(need)}, or use a smaller codec (f16 < f32, sq8 < f16, "
+                "sq4 < sq8)"
+            )
         batch_rows = int(batch_rows)
     if resident + FIXED_OVERHEAD > budget:
-        raise BuildError(f"memory_budget {format_bytes(budget)} is smaller than the index needs while it "
-                         f"grows (~{format_bytes(resident)}); raise it or use a smaller codec")
+        raise BuildError(
+            f"memory_budget {format_bytes(budget)} is smaller than the index needs while it "
+            f"grows (~{format_bytes(resident)}); raise it or use a smaller codec"
+        )
     # training: the sample(s); k-means' own sample of <= 256 points per centroid, labels and
     # pairs; centroids; the codec's sample of <= 65536 rows
-    train_bytes = int(train_n * dim * 4 * (2 if paired else 1) + min(train_n, 256 * nlist) * dim * 4
-                      + train_n * 16 + 2 * nlist * dim * 4 + min(train_n, 65_536) * dim * 4 + FIXED_OVERHEAD)
+    train_bytes = int(
+        train_n * dim * 4 * (2 if paired else 1)
+        + min(train_n, 256 * nlist) * dim * 4
+        + train_n * 16
+        + 2 * nlist * dim * 4
+        + min(train_n, 65_536) * dim * 4
+        + FIXED_OVERHEAD
+    )
     if train_bytes > budget:
         per = dim * 4 * (4 if paired else 3) + 16
         fit = (budget - 2 * nlist * dim * 4 - FIXED_OVERHEAD) // per
-        hint = (f"use train_size <= {fit:,} or raise the budget" if fit >= nlist else
-                "raise the budget")
-        raise BuildError(f"training on {train_n:,} {'pairs' if paired else 'vectors'} needs about "
-                         f"{format_bytes(train_bytes)}, more than memory_budget {format_bytes(budget)}; {hint}")
+        hint = (
+            f"use train_size <= {fit:,} or raise the budget" if fit >= nlist else "raise the budget"
+        )
+        raise BuildError(
+            f"training on {train_n:,} {'pairs' if paired else 'vectors'} needs about "
+            f"{format_bytes(train_bytes)}, more than memory_budget {format_bytes(budget)}; {hint}"
+        )
     file_bytes = _file_bytes(ntotal, dim, nlist, codec)
-    return BuildPlan(ntotal=ntotal, dim=dim, nlist=nlist, codec=codec, n_shards=len(images.shards),
-                     paired=paired, train_size=train_n, memory_budget=budget, index_bytes=index_bytes,
-                     resident_index_bytes=resident,
-                     batch_rows=batch_rows, batch_bytes=batch_rows * per_row, train_bytes=train_bytes,
-                     file_bytes=file_bytes, disk_peak_bytes=2 * file_bytes)
+    return BuildPlan(
+        ntotal=ntotal,
+        dim=dim,
+        nlist=nlist,
+        codec=codec,
+        n_shards=len(images.shards),
+        paired=paired,
+        train_size=train_n,
+        memory_budget=budget,
+        index_bytes=index_bytes,
+        resident_index_bytes=resident,
+        batch_rows=batch_rows,
+        batch_bytes=batch_rows * per_row,
+        train_bytes=train_bytes,
+        file_bytes=file_bytes,
+        disk_peak_bytes=2 * file_bytes,
+    )
 
 
 def _calibrate(dim: int, nlist: int, num_threads) -> tuple[float, float]:
@@ -278,7 +323,7 @@ class _WorkDir:
 
     def lock(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / _LOCK, "a+")
+        f = open(self.path / _LOCK, "a+")  # noqa: SIM115 - held open: it carries the lock
         try:
             import fcntl
 
@@ -287,8 +332,10 @@ class _WorkDir:
             pass
         except OSError:
             f.close()
-            raise BuildError(f"another build is using {self.path} (lock held); wait for it to finish or "
-                             "give a different output") from None
+            raise BuildError(
+                f"another build is using {self.path} (lock held); wait for it to finish or "
+                "give a different output"
+            ) from None
         self._lock_file = f
 
     def unlock(self) -> None:
@@ -306,12 +353,16 @@ class _WorkDir:
         try:
             m = json.loads(self.manifest.read_text())
         except (OSError, ValueError) as e:
-            raise BuildError(f"cannot read the build manifest {self.manifest} ({e}); rerun with resume=False "
-                             "(--no_resume) to start over") from e
+            raise BuildError(
+                f"cannot read the build manifest {self.manifest} ({e}); rerun with resume=False "
+                "(--no_resume) to start over"
+            ) from e
         if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-            raise BuildError(f"{self.manifest} is not a mudg_fast build manifest (format "
-                             f"{m.get('format') if isinstance(m, dict) else None!r}); rerun with resume=False "
-                             "(--no_resume) to start over, or choose another output")
+            raise BuildError(
+                f"{self.manifest} is not a mudg_fast build manifest (format "
+                f"{m.get('format') if isinstance(m, dict) else None!r}); rerun with resume=False "
+                "(--no_resume) to start over, or choose another output"
+            )
         return m
 
     def write_manifest(self, m: dict) -> None:
@@ -330,11 +381,15 @@ class _WorkDir:
         self.remove(self.checkpoint, self.trained, self.manifest)
 
 
-def _fingerprint(images: EmbeddingShards, captions: Optional[EmbeddingShards], params: dict) -> dict:
+def _fingerprint(
+    images: EmbeddingShards, captions: Optional[EmbeddingShards], params: dict
+) -> dict:
     from . import __version__
 
-    inputs = {"images": images.fingerprint_items(),
-              "captions": captions.fingerprint_items() if captions is not None else None}
+    inputs = {
+        "images": images.fingerprint_items(),
+        "captions": captions.fingerprint_items() if captions is not None else None,
+    }
     body = {"inputs": inputs, "params": params, "mudg_fast": __version__}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, **body}
@@ -353,13 +408,19 @@ def _describe_changes(old: dict, new: dict) -> list[str]:
         if a == b:
             continue
         if a is None or b is None:
-            out.append(f"{side}: {'none' if a is None else 'given'} -> {'none' if b is None else 'given'}")
+            out.append(
+                f"{side}: {'none' if a is None else 'given'} -> {'none' if b is None else 'given'}"
+            )
             continue
         if len(a) != len(b):
             out.append(f"{side}: {len(a)} shards -> {len(b)} shards")
         for x, y in zip(a, b):
             if x != y:
-                what = [k for k in ("name", "rows", "dim", "dtype", "bytes", "probe") if x.get(k) != y.get(k)]
+                what = [
+                    k
+                    for k in ("name", "rows", "dim", "dtype", "bytes", "probe")
+                    if x.get(k) != y.get(k)
+                ]
                 label = "content" if what == ["probe"] else ", ".join(what)
                 out.append(f"{side} shard {x.get('name')}: {label} changed")
                 if len(out) > 12:
@@ -384,8 +445,15 @@ class _Progress:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, initial=initial, desc=desc, unit="vec", unit_scale=True,
-                                dynamic_ncols=True, smoothing=0.1)
+                self.bar = tqdm(
+                    total=total,
+                    initial=initial,
+                    desc=desc,
+                    unit="vec",
+                    unit_scale=True,
+                    dynamic_ncols=True,
+                    smoothing=0.1,
+                )
             except ImportError:
                 self.printer = True
 
@@ -399,9 +467,12 @@ class _Progress:
             if now - self.last_print >= 10 or done >= self.total:
                 rate = (done - self.n0) / max(now - self.t0, 1e-9)
                 eta = (self.total - done) / rate if rate > 0 else math.inf
-                print(f"  {done:,}/{self.total:,} vectors ({100 * done / max(self.total, 1):.1f}%), "
-                      f"{rate:,.0f}/s, ETA {_format_seconds(eta) if math.isfinite(eta) else '?'}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {done:,}/{self.total:,} vectors ({100 * done / max(self.total, 1):.1f}%), "
+                    f"{rate:,.0f}/s, ETA {_format_seconds(eta) if math.isfinite(eta) else '?'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.last_print = now
         if self.callback is not None:
             self.callback(done, self.total)
@@ -487,12 +558,26 @@ def _check_int(name, v, lo=1):
     return int(v)
 
 
-def build_index(images_dir, captions_dir=None, *, nlist: int, codec: str = "sq8", train_size: Optional[int] = None,
-                memory_budget=None, out, resume: bool = True, seed: int = 0, batch_size: Optional[int] = None,
-                nprobe: int = 8, max_iter: int = 20, num_threads: Optional[int] = None,
-                progress: Union[bool, Callable[[int, int], None]] = True, checkpoint_every: Optional[int] = None,
-                work_dir=None) -> IVFIndex:
-    """Builds an IVF index over the ``*.npy`` image shards of ``images_dir`` and writes it to ``out``.
+def build_index(
+    images_dir,
+    captions_dir=None,
+    *,
+    nlist: int,
+    codec: str = "sq8",
+    train_size: Optional[int] = None,
+    memory_budget=None,
+    out,
+    resume: bool = True,
+    seed: int = 0,
+    batch_size: Optional[int] = None,
+    nprobe: int = 8,
+    max_iter: int = 20,
+    num_threads: Optional[int] = None,
+    progress: Union[bool, Callable[[int, int], None]] = True,
+    checkpoint_every: Optional[int] = None,
+    work_dir=None,
+) -> IVFIndex:
+    """Builds an IVF index over the ``*.npy`` image shards of ``images_dir``; writes it to ``out``.
 
     Parameters
     ----------
@@ -541,7 +626,9 @@ def build_index(images_dir, captions_dir=None, *, nlist: int, codec: str = "sq8"
     if num_threads is not None:
         _check_int("num_threads", num_threads)
     if not (isinstance(progress, bool) or callable(progress)):
-        raise BuildError(f"progress must be True, False or a callable(done, total), got {progress!r}")
+        raise BuildError(
+            f"progress must be True, False or a callable(done, total), got {progress!r}"
+        )
     if out is None:
         raise BuildError("out (the index file to write) is required")
     out = Path(out)
@@ -560,21 +647,49 @@ def build_index(images_dir, captions_dir=None, *, nlist: int, codec: str = "sq8"
         if captions is not None:
             check_aligned(images, captions)
         if images.ntotal < nlist:
-            raise BuildError(f"nlist={nlist} is larger than the number of vectors ({images.ntotal}); use at "
-                             f"most {images.ntotal} (typically ~4*sqrt(n) to 16*sqrt(n))")
+            raise BuildError(
+                f"nlist={nlist} is larger than the number of vectors ({images.ntotal}); use at "
+                f"most {images.ntotal} (typically ~4*sqrt(n) to 16*sqrt(n))"
+            )
         if train_size is not None and train_size < nlist:
-            raise BuildError(f"train_size={train_size} is smaller than nlist={nlist}; k-means needs at least "
-                             "one training vector per centroid (ideally 39 or more)")
-        plan = plan_build(images, nlist=nlist, codec=codec, train_size=train_size, memory_budget=memory_budget,
-                          paired=captions is not None, batch_size=batch_size)
-        params = {"nlist": nlist, "codec": codec, "train_size": plan.train_size, "seed": seed,
-                  "max_iter": max_iter, "training": "paired" if captions is not None else "standard",
-                  "pairing": "nearest" if captions is not None else None}
+            raise BuildError(
+                f"train_size={train_size} is smaller than nlist={nlist}; k-means needs at least "
+                "one training vector per centroid (ideally 39 or more)"
+            )
+        plan = plan_build(
+            images,
+            nlist=nlist,
+            codec=codec,
+            train_size=train_size,
+            memory_budget=memory_budget,
+            paired=captions is not None,
+            batch_size=batch_size,
+        )
+        params = {
+            "nlist": nlist,
+            "codec": codec,
+            "train_size": plan.train_size,
+            "seed": seed,
+            "max_iter": max_iter,
+            "training": "paired" if captions is not None else "standard",
+            "pairing": "nearest" if captions is not None else None,
+        }
         work.lock()
         try:
-            return _build(images, captions, plan, params, out, work, resume=resume, nprobe=nprobe,
-                          num_threads=num_threads, progress=progress, checkpoint_every=checkpoint_every,
-                          say=say)
+            return _build(
+                images,
+                captions,
+                plan,
+                params,
+                out,
+                work,
+                resume=resume,
+                nprobe=nprobe,
+                num_threads=num_threads,
+                progress=progress,
+                checkpoint_every=checkpoint_every,
+                say=say,
+            )
         finally:
             work.unlock()
     finally:
@@ -583,65 +698,126 @@ def build_index(images_dir, captions_dir=None, *, nlist: int, codec: str = "sq8"
             captions.close()
 
 
-def _build(images, captions, plan: BuildPlan, params, out: Path, work: _WorkDir, *, resume, nprobe, num_threads,
-           progress, checkpoint_every, say) -> IVFIndex:
+def _build(
+    images,
+    captions,
+    plan: BuildPlan,
+    params,
+    out: Path,
+    work: _WorkDir,
+    *,
+    resume,
+    nprobe,
+    num_threads,
+    progress,
+    checkpoint_every,
+    say,
+) -> IVFIndex:
     t_start = time.monotonic()
     fingerprint = _fingerprint(images, captions, params)
     manifest = work.read_manifest() if resume else None
     if not resume:
         work.clear()
-    same = manifest is not None and manifest.get("fingerprint", {}).get("sha256") == fingerprint["sha256"]
+    same = (
+        manifest is not None
+        and manifest.get("fingerprint", {}).get("sha256") == fingerprint["sha256"]
+    )
     if manifest is not None and manifest.get("complete"):
         # A finished build: nothing is in progress, so nothing can be lost by building again.
         o = manifest.get("output", {})
-        if same and out.exists() and o.get("bytes") == out.stat().st_size \
-                and o.get("mtime_ns") == out.stat().st_mtime_ns:
+        if (
+            same
+            and out.exists()
+            and o.get("bytes") == out.stat().st_size
+            and o.get("mtime_ns") == out.stat().st_mtime_ns
+        ):
             say(f"{out} is already complete (manifest {work.manifest}); nothing to do")
             return IVFIndex.load(out, num_threads=num_threads)
-        why = ("the finished build in the manifest used other inputs or parameters" if not same else
-               "it is missing" if not out.exists() else "it changed since the build finished")
+        why = (
+            "the finished build in the manifest used other inputs or parameters"
+            if not same
+            else "it is missing"
+            if not out.exists()
+            else "it changed since the build finished"
+        )
         say(f"building {out} again: {why}")
         work.clear()
         manifest = None
     elif manifest is not None and not same:
         changes = _describe_changes(manifest.get("fingerprint", {}), fingerprint)
-        raise BuildError(f"cannot resume: {work.path} holds an unfinished build of different inputs or "
-                         "parameters (" + "; ".join(changes) + "). Rerun with resume=False (--no_resume) to "
-                         "discard it and start over, or restore the original inputs and parameters")
+        raise BuildError(
+            f"cannot resume: {work.path} holds an unfinished build of different inputs or "
+            "parameters (" + "; ".join(changes) + "). Rerun with resume=False (--no_resume) to "
+            "discard it and start over, or restore the original inputs and parameters"
+        )
     if manifest is None:
-        manifest = {"format": MANIFEST_FORMAT, "fingerprint": fingerprint, "trained": False, "shards_done": 0,
-                    "ntotal_done": 0, "complete": False, "nprobe": nprobe,
-                    "shards": [{"images": s.name, "captions": (captions.shards[i].name if captions else None),
-                                "rows": s.rows, "offset": s.offset} for i, s in enumerate(images.shards)],
-                    "images_dir": str(images.folder.resolve()),
-                    "captions_dir": str(captions.folder.resolve()) if captions is not None else None,
-                    "output": {"path": str(out.resolve())}, "stats": {}}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "fingerprint": fingerprint,
+            "trained": False,
+            "shards_done": 0,
+            "ntotal_done": 0,
+            "complete": False,
+            "nprobe": nprobe,
+            "shards": [
+                {
+                    "images": s.name,
+                    "captions": (captions.shards[i].name if captions else None),
+                    "rows": s.rows,
+                    "offset": s.offset,
+                }
+                for i, s in enumerate(images.shards)
+            ],
+            "images_dir": str(images.folder.resolve()),
+            "captions_dir": str(captions.folder.resolve()) if captions is not None else None,
+            "output": {"path": str(out.resolve())},
+            "stats": {},
+        }
         work.write_manifest(manifest)
 
     # -- estimates ------------------------------------------------------------------------------
     rates = _calibrate(plan.dim, plan.nlist, num_threads)
     t_train, t_add = _time_model(plan, params["max_iter"], rates)
     dtypes = "/".join(str(t) for t in images.dtypes)
-    say(f"{plan.n_shards} shards, {plan.ntotal:,} vectors x {plan.dim} ({dtypes}); nlist {plan.nlist}, codec "
-        f"{plan.codec}, {params['training']} k-means on {plan.train_size:,} sampled "
-        f"{'pairs' if plan.paired else 'vectors'} (seed {params['seed']})")
-    say(f"memory: index ~{format_bytes(plan.index_bytes)} (up to ~{format_bytes(plan.resident_index_bytes)} "
-        f"while growing) + batches of {plan.batch_rows:,} rows "
+    say(
+        f"{plan.n_shards} shards, {plan.ntotal:,} vectors x {plan.dim} ({dtypes}); "
+        f"nlist {plan.nlist}, codec {plan.codec}, {params['training']} k-means on "
+        f"{plan.train_size:,} sampled "
+        f"{'pairs' if plan.paired else 'vectors'} (seed {params['seed']})"
+    )
+    say(
+        f"memory: index ~{format_bytes(plan.index_bytes)} (up to "
+        f"~{format_bytes(plan.resident_index_bytes)} while growing) + batches of "
+        f"{plan.batch_rows:,} rows "
         f"(~{format_bytes(plan.batch_bytes)}) = peak ~{format_bytes(plan.peak_bytes)} "
-        f"(training ~{format_bytes(plan.train_bytes)}; budget {format_bytes(plan.memory_budget)})")
-    say(f"disk: index file ~{format_bytes(plan.file_bytes)}; up to ~{format_bytes(plan.disk_peak_bytes)} while "
-        f"checkpointing in {work.path}")
+        f"(training ~{format_bytes(plan.train_bytes)}; budget {format_bytes(plan.memory_budget)})"
+    )
+    say(
+        f"disk: index file ~{format_bytes(plan.file_bytes)}; up to "
+        f"~{format_bytes(plan.disk_peak_bytes)} while checkpointing in {work.path}"
+    )
     done_frac = manifest["ntotal_done"] / max(plan.ntotal, 1)
-    say(f"time (measured {rates[0] / 1e9:.1f} GFMA/s assigning, {rates[1] / 1e9:.1f} searching): training ~"
-        f"{_format_seconds(0 if manifest['trained'] else t_train)}, adding ~{_format_seconds(t_add * (1 - done_frac))}")
+    t_train_left = 0.0 if manifest["trained"] else t_train
+    say(
+        f"time (measured {rates[0] / 1e9:.1f} GFMA/s assigning, {rates[1] / 1e9:.1f} searching): "
+        f"training ~{_format_seconds(t_train_left)}, adding ~{_format_seconds(t_add * (1 - done_frac))}"
+    )
+    manifest["stats"]["estimate"] = {
+        "train_seconds": round(t_train_left, 3),
+        "add_seconds": round(t_add * (1 - done_frac), 3),
+    }
     try:
         free = shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free
         if free < plan.file_bytes:
-            raise BuildError(f"not enough disk space for {out}: ~{format_bytes(plan.file_bytes)} needed, "
-                             f"{format_bytes(free)} free")
+            raise BuildError(
+                f"not enough disk space for {out}: ~{format_bytes(plan.file_bytes)} needed, "
+                f"{format_bytes(free)} free"
+            )
         if free < plan.disk_peak_bytes:
-            say(f"warning: only {format_bytes(free)} free on disk; checkpoints may need "
-                f"~{format_bytes(plan.disk_peak_bytes)}")
+            say(
+                f"warning: only {format_bytes(free)} free on disk; checkpoints may need "
+                f"~{format_bytes(plan.disk_peak_bytes)}"
+            )
     except OSError:
         pass
 
@@ -650,37 +826,58 @@ def _build(images, captions, plan: BuildPlan, params, out: Path, work: _WorkDir,
         _add_all(images, plan, manifest, work, index, progress, checkpoint_every, say)
     except BaseException as e:
         if not isinstance(e, (BuildError, ShardError)):
-            say(f"stopped ({type(e).__name__}); {manifest['shards_done']} of {plan.n_shards} shards are "
-                "checkpointed" + (", training is saved" if manifest["trained"] else "")
-                + "; run the same build again to resume")
+            say(
+                f"stopped ({type(e).__name__}); {manifest['shards_done']} of {plan.n_shards} shards are "
+                "checkpointed"
+                + (", training is saved" if manifest["trained"] else "")
+                + "; run the same build again to resume"
+            )
         raise
 
     t0 = time.monotonic()
     index.save(out)
     st = out.stat()
-    manifest.update(complete=True, shards_done=plan.n_shards, ntotal_done=index.ntotal,
-                    output={"path": str(out.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
-    manifest["stats"].update(write_seconds=round(time.monotonic() - t0, 3),
-                             total_seconds=round(time.monotonic() - t_start, 3), peak_rss_bytes=_peak_rss_bytes(),
-                             plan=asdict(plan))
+    manifest.update(
+        complete=True,
+        shards_done=plan.n_shards,
+        ntotal_done=index.ntotal,
+        output={"path": str(out.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
+    )
+    manifest["stats"].update(
+        write_seconds=round(time.monotonic() - t0, 3),
+        total_seconds=round(time.monotonic() - t_start, 3),
+        peak_rss_bytes=_peak_rss_bytes(),
+        plan=asdict(plan),
+    )
     work.write_manifest(manifest)
     work.remove(work.checkpoint, work.trained)
     ntotal = index.ntotal
     mean_list = ntotal / plan.nlist
-    say(f"wrote {out} ({format_bytes(st.st_size)}, {ntotal:,} vectors) in {_format_seconds(time.monotonic() - t_start)}; "
-        f"peak RSS {format_bytes(_peak_rss_bytes() or 0)}; nprobe {nprobe} scans ~{nprobe * mean_list:,.0f} "
-        f"vectors per query ({100 * min(1.0, nprobe / plan.nlist):.2g}% of the index)")
+    say(
+        f"wrote {out} ({format_bytes(st.st_size)}, {ntotal:,} vectors) in "
+        f"{_format_seconds(time.monotonic() - t_start)}; peak RSS "
+        f"{format_bytes(_peak_rss_bytes() or 0)}; nprobe {nprobe} scans "
+        f"~{nprobe * mean_list:,.0f} vectors per query "
+        f"({100 * min(1.0, nprobe / plan.nlist):.2g}% of the index)"
+    )
     return index
 
 
-def _train_or_resume(images, captions, plan: BuildPlan, params, manifest, work: _WorkDir, num_threads, say):
+def _train_or_resume(
+    images, captions, plan: BuildPlan, params, manifest, work: _WorkDir, num_threads, say
+):
     def load_checked(path: Path, expect_ntotal: int) -> Optional[IVFIndex]:
         try:
             ix = IVFIndex.load(path, mmap=True, verify=True, num_threads=num_threads)
         except (OSError, ValueError) as e:
             say(f"warning: cannot use {path} ({e}); redoing that step")
             return None
-        if (ix.dim, ix.nlist, ix.codec, ix.ntotal) != (plan.dim, plan.nlist, plan.codec, expect_ntotal):
+        if (ix.dim, ix.nlist, ix.codec, ix.ntotal) != (
+            plan.dim,
+            plan.nlist,
+            plan.codec,
+            expect_ntotal,
+        ):
             say(f"warning: {path} does not match the manifest; redoing that step")
             return None
         return ix
@@ -690,7 +887,9 @@ def _train_or_resume(images, captions, plan: BuildPlan, params, manifest, work: 
         expect = images.shards[done - 1].stop
         ix = load_checked(work.checkpoint, expect)
         if ix is not None and expect == manifest["ntotal_done"]:
-            say(f"resuming after shard {done} of {plan.n_shards} ({expect:,} vectors already added)")
+            say(
+                f"resuming after shard {done} of {plan.n_shards} ({expect:,} vectors already added)"
+            )
             return ix
         manifest.update(shards_done=0, ntotal_done=0)
         work.write_manifest(manifest)
@@ -709,7 +908,9 @@ def _train_or_resume(images, captions, plan: BuildPlan, params, manifest, work: 
     if captions is not None:
         ps = gather(captions, ids)
         say(f"training paired k-means on {len(ids):,} sampled pairs")
-        index.train_paired(xs, ps, pairing="nearest", max_iter=params["max_iter"], seed=params["seed"])
+        index.train_paired(
+            xs, ps, pairing="nearest", max_iter=params["max_iter"], seed=params["seed"]
+        )
         del ps
     else:
         say(f"training k-means on {len(ids):,} sampled vectors")
@@ -727,13 +928,23 @@ def _train_or_resume(images, captions, plan: BuildPlan, params, manifest, work: 
     return IVFIndex.load(work.trained, num_threads=index.num_threads)
 
 
-def _add_all(images: EmbeddingShards, plan: BuildPlan, manifest, work: _WorkDir, index: IVFIndex, progress,
-             checkpoint_every, say) -> None:
+def _add_all(
+    images: EmbeddingShards,
+    plan: BuildPlan,
+    manifest,
+    work: _WorkDir,
+    index: IVFIndex,
+    progress,
+    checkpoint_every,
+    say,
+) -> None:
     start = int(manifest["shards_done"])
     if start < plan.n_shards:
         if index.ntotal != images.shards[start].offset:  # our invariant
-            raise AssertionError(f"index holds {index.ntotal} vectors, shard {start} starts at "
-                                 f"{images.shards[start].offset}")
+            raise AssertionError(
+                f"index holds {index.ntotal} vectors, shard {start} starts at "
+                f"{images.shards[start].offset}"
+            )
     buffer = np.empty((max(1, plan.batch_rows), plan.dim), dtype=np.float32)
     bar = _Progress(plan.ntotal, index.ntotal, progress)
     policy = _Checkpoints(checkpoint_every)
@@ -747,7 +958,9 @@ def _add_all(images: EmbeddingShards, plan: BuildPlan, manifest, work: _WorkDir,
                 x = images.read(i, a, b, out=buffer)
                 ids = np.arange(s.offset + a, s.offset + b, dtype=np.int64)
                 base = index.ntotal
-                index.add(x, ids, progress=lambda done, total, base=base: bar.update_to(base + done))
+                index.add(
+                    x, ids, progress=lambda done, total, base=base: bar.update_to(base + done)
+                )
                 _release_free_memory()
                 bar.update_to(index.ntotal)
             images._unmap(i)

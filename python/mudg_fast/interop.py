@@ -42,13 +42,15 @@ def _import_faiss():
     try:
         import faiss
     except ImportError as e:
-        raise ImportError("exporting to faiss needs faiss: pip install faiss-cpu (or faiss-gpu)") from e
+        raise ImportError(
+            "exporting to faiss needs faiss: pip install faiss-cpu (or faiss-gpu)"
+        ) from e
     return faiss
 
 
 def faiss_sq8_params(vmin: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """faiss ``QT_8bit`` trained parameters ``[vmin'_0..vmin'_{d-1}, vdiff_0..vdiff_{d-1}]`` that decode
-    every code exactly as our SQ8 (``vmin + c * step``) does; see the module docs."""
+    """faiss ``QT_8bit`` trained parameters ``[vmin'_0..vmin'_{d-1}, vdiff_0..vdiff_{d-1}]`` that
+    decode every code exactly as our SQ8 (``vmin + c * step``) does; see the module docs."""
     vmin = np.asarray(vmin, dtype=np.float64)
     step = np.asarray(step, dtype=np.float64)
     return np.concatenate([vmin - 0.5 * step, 255.0 * step]).astype(np.float32)
@@ -78,15 +80,19 @@ def ivf_to_faiss(index, *, nprobe: int = 8):
     if not isinstance(index, IVFIndex):
         raise TypeError(f"ivf_to_faiss() takes an IVFIndex, got {type(index).__name__}")
     if not index.is_trained:
-        raise ValueError("cannot export an untrained index: train it (or set its centroids and codec) first")
+        raise ValueError(
+            "cannot export an untrained index: train it (or set its centroids and codec) first"
+        )
     d, nlist, codec = index.dim, index.nlist, index.codec
     sizes = index.list_sizes()
-    ids_per_list = [index.list_ids(l) if sizes[l] else None for l in range(nlist)]
+    ids_per_list = [index.list_ids(j) if sizes[j] else None for j in range(nlist)]
     if index.ntotal:
         all_ids = np.concatenate([i for i in ids_per_list if i is not None])
         if np.unique(all_ids).shape[0] != all_ids.shape[0]:
-            raise ValueError("the index holds some ids more than once; the faiss export reads vectors by id and "
-                             "needs unique ids (give the vectors distinct ids when adding them)")
+            raise ValueError(
+                "the index holds some ids more than once; the faiss export reads vectors by id and "
+                "needs unique ids (give the vectors distinct ids when adding them)"
+            )
 
     quantizer = faiss.IndexFlatIP(d)
     quantizer.add(np.ascontiguousarray(index.centroids, dtype=np.float32))
@@ -95,7 +101,9 @@ def ivf_to_faiss(index, *, nprobe: int = 8):
         out = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
     else:
         qtype = faiss.ScalarQuantizer.QT_fp16 if codec == "f16" else faiss.ScalarQuantizer.QT_8bit
-        out = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qtype, ip, False)  # by_residual=False
+        out = faiss.IndexIVFScalarQuantizer(
+            quantizer, d, nlist, qtype, ip, False
+        )  # by_residual=False
         if codec == "sq8":
             vmin, step = (np.asarray(p, dtype=np.float32) for p in index._ix.codec_params())
             faiss.copy_array_to_vector(faiss_sq8_params(vmin, step), out.sq.trained)
@@ -105,8 +113,8 @@ def ivf_to_faiss(index, *, nprobe: int = 8):
     out.own_fields = True
     out.is_trained = True
 
-    for l in range(nlist):
-        ids = ids_per_list[l]
+    for list_no in range(nlist):
+        ids = ids_per_list[list_no]
         if ids is None:
             continue
         x = index.reconstruct(ids)
@@ -117,7 +125,7 @@ def ivf_to_faiss(index, *, nprobe: int = 8):
         else:
             codes = np.ascontiguousarray(_sq8_codes(x, vmin64, step64))
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        out.invlists.add_entries(l, ids.shape[0], faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+        out.invlists.add_entries(list_no, ids.shape[0], faiss.swig_ptr(ids), faiss.swig_ptr(codes))
     out.ntotal = index.ntotal
     out.nprobe = int(max(1, min(nprobe, nlist)))
     return out

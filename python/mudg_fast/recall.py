@@ -13,15 +13,21 @@ import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 
 from ._arrays import as_matrix, check_k
 from .search import knn
 
-__all__ = ["RecallResult", "evaluate_recall", "recall_at_k", "exact_ground_truth", "plot_recall",
-           "modality_gap"]
+__all__ = [
+    "RecallResult",
+    "evaluate_recall",
+    "recall_at_k",
+    "exact_ground_truth",
+    "plot_recall",
+    "modality_gap",
+]
 
 
 @dataclass
@@ -42,27 +48,47 @@ class RecallResult:
         try:
             j = self.nprobes.index(nprobe)
         except ValueError:
-            raise KeyError(f"nprobe {nprobe} was not evaluated (evaluated: {self.nprobes})") from None
-        return {"nprobe": self.nprobes[j], "recall": self.recall[j], "qps": self.qps[j], "seconds": self.seconds[j]}
+            raise KeyError(
+                f"nprobe {nprobe} was not evaluated (evaluated: {self.nprobes})"
+            ) from None
+        return {
+            "nprobe": self.nprobes[j],
+            "recall": self.recall[j],
+            "qps": self.qps[j],
+            "seconds": self.seconds[j],
+        }
 
     def rows(self) -> list:
         return [self[p] for p in self.nprobes]
 
     def to_dict(self) -> dict:
         """JSON-ready dict (without per-query values)."""
-        return {"k": self.k, "n_queries": self.n_queries, "nlist": self.nlist, "results": self.rows()}
+        return {
+            "k": self.k,
+            "n_queries": self.n_queries,
+            "nlist": self.nlist,
+            "results": self.rows(),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RecallResult":
         rows = d["results"]
-        return cls(k=int(d["k"]), n_queries=int(d["n_queries"]), nlist=d.get("nlist"),
-                   nprobes=[int(r["nprobe"]) for r in rows], recall=[float(r["recall"]) for r in rows],
-                   qps=[float(r["qps"]) for r in rows], seconds=[float(r["seconds"]) for r in rows])
+        return cls(
+            k=int(d["k"]),
+            n_queries=int(d["n_queries"]),
+            nlist=d.get("nlist"),
+            nprobes=[int(r["nprobe"]) for r in rows],
+            recall=[float(r["recall"]) for r in rows],
+            qps=[float(r["qps"]) for r in rows],
+            seconds=[float(r["seconds"]) for r in rows],
+        )
 
     def table(self) -> str:
         lines = [f"{'nprobe':>6}  {'recall@' + str(self.k):>10}  {'QPS':>10}  {'seconds':>9}"]
         for r in self.rows():
-            lines.append(f"{r['nprobe']:>6}  {r['recall']:>10.4f}  {r['qps']:>10,.0f}  {r['seconds']:>9.4f}")
+            lines.append(
+                f"{r['nprobe']:>6}  {r['recall']:>10.4f}  {r['qps']:>10,.0f}  {r['seconds']:>9.4f}"
+            )
         return "\n".join(lines)
 
 
@@ -72,23 +98,26 @@ def recall_at_k(found, truth, k: Optional[int] = None) -> np.ndarray:
     found = np.asarray(found)
     truth = np.asarray(truth)
     if found.ndim != 2 or truth.ndim != 2 or found.shape[0] != truth.shape[0]:
-        raise ValueError(f"found and truth must be 2-D with the same number of rows, got {found.shape} and "
-                         f"{truth.shape}")
+        raise ValueError(
+            f"found and truth must be 2-D with the same number of rows, got {found.shape} and "
+            f"{truth.shape}"
+        )
     k = min(found.shape[1], truth.shape[1]) if k is None else k
     found, truth = found[:, :k], truth[:, :k]
     valid = truth >= 0
     hits = np.zeros(found.shape[0], dtype=np.int64)
     step = max(1, 4_000_000 // max(1, k * k))
     for a in range(0, found.shape[0], step):
-        f, t, v = found[a:a + step], truth[a:a + step], valid[a:a + step]
-        hits[a:a + step] = ((t[:, :, None] == f[:, None, :]).any(axis=2) & v).sum(axis=1)
+        f, t, v = found[a : a + step], truth[a : a + step], valid[a : a + step]
+        hits[a : a + step] = ((t[:, :, None] == f[:, None, :]).any(axis=2) & v).sum(axis=1)
     n_true = valid.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n_true > 0, hits / np.maximum(n_true, 1), np.nan)
 
 
-def exact_ground_truth(queries, database, k: int, *, batch_rows: int = 262_144,
-                       num_threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_ground_truth(
+    queries, database, k: int, *, batch_rows: int = 262_144, num_threads: Optional[int] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, ids) of ``queries`` in ``database``: an array, or an
     :class:`~mudg_fast.shards.EmbeddingShards` folder (ids are global ids). A float32 array goes to
     :func:`mudg_fast.knn` directly; anything else (shards, float16 or memory-mapped arrays) is
@@ -104,8 +133,10 @@ def exact_ground_truth(queries, database, k: int, *, batch_rows: int = 262_144,
         if db.dtype == np.float32 and db.flags.c_contiguous and not isinstance(db, np.memmap):
             return knn(queries, db, k, num_threads=num_threads)
         dim = db.shape[1]
-        batches = ((a, np.ascontiguousarray(db[a:a + batch_rows], dtype=np.float32))
-                   for a in range(0, db.shape[0], batch_rows))
+        batches = (
+            (a, np.ascontiguousarray(db[a : a + batch_rows], dtype=np.float32))
+            for a in range(0, db.shape[0], batch_rows)
+        )
     else:
         dim = database.dim
         batches = ((first, x) for _, first, x in database.iter_batches(batch_rows))
@@ -142,8 +173,17 @@ def _search(index, q, k, nprobe):
     return index.search(q, k, nprobe=nprobe)
 
 
-def evaluate_recall(index, queries, database=None, ground_truth=None, k=10, nprobes=(1, 2, 4, 8, 16, 32), *,
-                    num_threads: Optional[int] = None, min_seconds: float = 0.2) -> RecallResult:
+def evaluate_recall(
+    index,
+    queries,
+    database=None,
+    ground_truth=None,
+    k=10,
+    nprobes=(1, 2, 4, 8, 16, 32),
+    *,
+    num_threads: Optional[int] = None,
+    min_seconds: float = 0.2,
+) -> RecallResult:
     """recall@k of ``index`` against exact search, and its speed, for each nprobe.
 
     Parameters
@@ -174,9 +214,16 @@ def evaluate_recall(index, queries, database=None, ground_truth=None, k=10, npro
         _, gt = exact_ground_truth(q, database, k, num_threads=num_threads)
     else:
         gt = np.asarray(ground_truth)
-        if gt.dtype.kind not in "iu" or gt.ndim != 2 or gt.shape[0] != q.shape[0] or gt.shape[1] < k:
-            raise ValueError(f"ground_truth must be integer ids of shape ({q.shape[0]}, >= {k}), got "
-                             f"{gt.dtype} {gt.shape}")
+        if (
+            gt.dtype.kind not in "iu"
+            or gt.ndim != 2
+            or gt.shape[0] != q.shape[0]
+            or gt.shape[1] < k
+        ):
+            raise ValueError(
+                f"ground_truth must be integer ids of shape ({q.shape[0]}, >= {k}), got "
+                f"{gt.dtype} {gt.shape}"
+            )
         gt = gt[:, :k].astype(np.int64)
     recalls, qps, secs, per_query = [], [], [], []
     for nprobe in nprobes:
@@ -193,8 +240,16 @@ def evaluate_recall(index, queries, database=None, ground_truth=None, k=10, npro
         recalls.append(float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"))
         secs.append(dt)
         qps.append(q.shape[0] / dt if dt > 0 else math.inf)
-    return RecallResult(k=k, n_queries=int(q.shape[0]), nprobes=nprobes, recall=recalls, qps=qps, seconds=secs,
-                        nlist=getattr(index, "nlist", None), per_query=np.stack(per_query))
+    return RecallResult(
+        k=k,
+        n_queries=int(q.shape[0]),
+        nprobes=nprobes,
+        recall=recalls,
+        qps=qps,
+        seconds=secs,
+        nlist=getattr(index, "nlist", None),
+        per_query=np.stack(per_query),
+    )
 
 
 def plot_recall(results: Mapping[str, RecallResult], path, *, title: Optional[str] = None) -> Path:
@@ -264,15 +319,19 @@ def modality_gap(images, captions, sample: int = 10_000, seed: int = 0) -> dict:
         if not (isinstance(images, EmbeddingShards) and isinstance(captions, EmbeddingShards)):
             raise TypeError("give two arrays or two EmbeddingShards")
         if images.ntotal != captions.ntotal:
-            raise ValueError(f"images have {images.ntotal} rows, captions {captions.ntotal}: not row-aligned")
+            raise ValueError(
+                f"images have {images.ntotal} rows, captions {captions.ntotal}: not row-aligned"
+            )
         ids = sample_ids(images.ntotal, sample, seed)
         x, p = gather(images, ids), gather(captions, ids)
     else:
         x = as_matrix(images, name="images")
         p = as_matrix(captions, name="captions", dim=x.shape[1])
         if x.shape[0] != p.shape[0]:
-            raise ValueError(f"images have {x.shape[0]} rows, captions {p.shape[0]}: modality_gap needs "
-                             "row-aligned pairs")
+            raise ValueError(
+                f"images have {x.shape[0]} rows, captions {p.shape[0]}: modality_gap needs "
+                "row-aligned pairs"
+            )
         if x.shape[0] > sample:
             ids = sample_ids(x.shape[0], sample, seed)
             x, p = x[ids], p[ids]
@@ -289,6 +348,12 @@ def modality_gap(images, captions, sample: int = 10_000, seed: int = 0) -> dict:
     matched = np.einsum("ij,ij->i", x, p)
     sx, sp = x.sum(axis=0), p.sum(axis=0)
     random_mean = (float(sx @ sp) - float(matched.sum())) / (n * (n - 1))
-    return {"n_pairs": int(n), "matched_cosine": float(matched.mean()), "matched_cosine_std": float(matched.std()),
-            "random_cosine": random_mean, "mean_distance": float(np.linalg.norm(sx / n - sp / n)),
-            "image_norm_mean": float(nx.mean()), "caption_norm_mean": float(np_.mean())}
+    return {
+        "n_pairs": int(n),
+        "matched_cosine": float(matched.mean()),
+        "matched_cosine_std": float(matched.std()),
+        "random_cosine": random_mean,
+        "mean_distance": float(np.linalg.norm(sx / n - sp / n)),
+        "image_norm_mean": float(nx.mean()),
+        "caption_norm_mean": float(np_.mean()),
+    }

@@ -26,7 +26,6 @@ Public API: :class:`EmbeddingShards` (one folder), :class:`MetadataShards` (parq
 from __future__ import annotations
 
 import mmap
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +108,13 @@ def read_npy_header(path) -> tuple[tuple, bool, np.dtype, int, int]:
             else:  # version 3 (utf-8 field names): let numpy parse it through a memory map
                 f.close()
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
-                return arr.shape, bool(arr.flags.f_contiguous and not arr.flags.c_contiguous), \
-                    arr.dtype, int(arr.offset), file_size
+                return (
+                    arr.shape,
+                    bool(arr.flags.f_contiguous and not arr.flags.c_contiguous),
+                    arr.dtype,
+                    int(arr.offset),
+                    file_size,
+                )
             data_offset = f.tell()
     except OSError as e:
         raise ShardError(f"cannot read {path}: {e.strerror or e}") from e
@@ -122,20 +126,25 @@ def read_npy_header(path) -> tuple[tuple, bool, np.dtype, int, int]:
 def _inspect_npy(path: Path, offset: int) -> NpyShard:
     shape, fortran, dtype, data_offset, file_size = read_npy_header(path)
     if dtype.hasobject or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
-        raise ShardError(f"{path} holds {dtype} values; embedding shards must be float16, float32 "
-                         "or float64")
+        raise ShardError(
+            f"{path} holds {dtype} values; embedding shards must be float16, float32 or float64"
+        )
     if len(shape) != 2:
         raise ShardError(f"{path} has shape {shape}; embedding shards must be 2-D (rows, dim)")
     rows, dim = int(shape[0]), int(shape[1])
     if dim < 1:
         raise ShardError(f"{path} has shape {shape}: zero-dimensional vectors")
     if fortran and rows > 1 and dim > 1:
-        raise ShardError(f"{path} is stored in Fortran (column-major) order, which cannot be read "
-                         "row batch by row batch; re-save it with np.save(path, np.ascontiguousarray(x))")
+        raise ShardError(
+            f"{path} is stored in Fortran (column-major) order, which cannot be read "
+            "row batch by row batch; re-save it with np.save(path, np.ascontiguousarray(x))"
+        )
     need = data_offset + rows * dim * dtype.itemsize
     if file_size < need:
-        raise ShardError(f"{path} is truncated: its header announces {rows} x {dim} {dtype} "
-                         f"({need} bytes with the header), the file has {file_size} bytes")
+        raise ShardError(
+            f"{path} is truncated: its header announces {rows} x {dim} {dtype} "
+            f"({need} bytes with the header), the file has {file_size} bytes"
+        )
     return NpyShard(path, rows, dim, dtype, data_offset, file_size, offset)
 
 
@@ -144,14 +153,15 @@ class _Mapped:
 
     def __init__(self, shard: NpyShard):
         self.shard = shard
-        self._file = open(shard.path, "rb")
+        self._file = open(shard.path, "rb")  # noqa: SIM115 - lives as long as the map
         try:
             self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         except BaseException:
             self._file.close()
             raise
-        self.array = np.ndarray((shard.rows, shard.dim), dtype=shard.dtype, buffer=self._mm,
-                                offset=shard.data_offset)
+        self.array = np.ndarray(
+            (shard.rows, shard.dim), dtype=shard.dtype, buffer=self._mm, offset=shard.data_offset
+        )
 
     def release(self, row_start: int = 0, row_stop: Optional[int] = None) -> None:
         """Drops the pages of rows [row_start, row_stop) from the resident set (they stay in the
@@ -217,8 +227,10 @@ class EmbeddingShards:
             raise FileNotFoundError(f"{label} folder {str(folder)!r} does not exist")
         if not folder.is_dir():
             raise ShardError(f"{label} path {str(folder)!r} is not a folder of .npy shards")
-        files = sorted((p for p in folder.iterdir() if p.name.endswith(".npy") and not p.name.startswith(".")),
-                       key=lambda p: p.name)
+        files = sorted(
+            (p for p in folder.iterdir() if p.name.endswith(".npy") and not p.name.startswith(".")),
+            key=lambda p: p.name,
+        )
         files = [p for p in files if p.is_file()]
         if not files:
             raise ShardError(f"{label} folder {str(folder)!r} contains no .npy shards")
@@ -226,8 +238,10 @@ class EmbeddingShards:
         for p in files:
             s = _inspect_npy(p, offset)
             if shards and s.dim != shards[0].dim:
-                raise ShardError(f"{p} has dim {s.dim} but {shards[0].path.name} has dim {shards[0].dim}; "
-                                 f"all {label} shards must have the same dim")
+                raise ShardError(
+                    f"{p} has dim {s.dim} but {shards[0].path.name} has dim {shards[0].dim}; "
+                    f"all {label} shards must have the same dim"
+                )
             shards.append(s)
             offset += s.rows
         self.folder = folder
@@ -242,8 +256,10 @@ class EmbeddingShards:
         return self.ntotal
 
     def __repr__(self):
-        return (f"EmbeddingShards({str(self.folder)!r}, shards={len(self.shards)}, ntotal={self.ntotal}, "
-                f"dim={self.dim})")
+        return (
+            f"EmbeddingShards({str(self.folder)!r}, shards={len(self.shards)}, ntotal={self.ntotal}, "
+            f"dim={self.dim})"
+        )
 
     @property
     def dtypes(self) -> list[np.dtype]:
@@ -282,8 +298,14 @@ class EmbeddingShards:
             pass
 
     # -- reading ------------------------------------------------------------------------------
-    def read(self, shard: int, start: int, stop: int, out: Optional[np.ndarray] = None,
-             check_finite: bool = True) -> np.ndarray:
+    def read(
+        self,
+        shard: int,
+        start: int,
+        stop: int,
+        out: Optional[np.ndarray] = None,
+        check_finite: bool = True,
+    ) -> np.ndarray:
         """Rows [start, stop) of one shard as float32 (stop - start, dim), written into
         ``out[:stop-start]`` when given (a C-contiguous float32 buffer with enough rows). The pages
         read are released afterwards. NaN/inf values raise ShardError naming file and row."""
@@ -294,10 +316,17 @@ class EmbeddingShards:
         if out is None:
             dst = np.empty((m, s.dim), dtype=np.float32)
         else:
-            if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim != 2 or \
-                    out.shape[1] != s.dim or out.shape[0] < m:
-                raise ValueError(f"out must be a C-contiguous float32 array with at least {m} rows "
-                                 f"and {s.dim} columns")
+            if (
+                out.dtype != np.float32
+                or not out.flags.c_contiguous
+                or out.ndim != 2
+                or out.shape[1] != s.dim
+                or out.shape[0] < m
+            ):
+                raise ValueError(
+                    f"out must be a C-contiguous float32 array with at least {m} rows "
+                    f"and {s.dim} columns"
+                )
             dst = out[:m]
         if m:
             mapped = self._map(shard)
@@ -305,12 +334,15 @@ class EmbeddingShards:
             mapped.release(start, stop)
             if check_finite and not _core.all_finite(dst):
                 bad = int(np.flatnonzero(~np.isfinite(dst).all(axis=1))[0])
-                raise ShardError(f"{s.path} row {start + bad} (global id {s.offset + start + bad}) "
-                                 "contains NaN or infinite values")
+                raise ShardError(
+                    f"{s.path} row {start + bad} (global id {s.offset + start + bad}) "
+                    "contains NaN or infinite values"
+                )
         return dst
 
-    def iter_batches(self, batch_size: int, *, start_shard: int = 0, buffer: Optional[np.ndarray] = None
-                     ) -> Iterator[tuple[int, int, np.ndarray]]:
+    def iter_batches(
+        self, batch_size: int, *, start_shard: int = 0, buffer: Optional[np.ndarray] = None
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yields (shard index, global id of the first row, float32 rows) for batches of at most
         ``batch_size`` rows, shard by shard from ``start_shard``; batches never span two shards.
 
@@ -342,8 +374,10 @@ class EmbeddingShards:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.ntotal:
             bad = lo if lo < 0 else hi
-            raise IndexError(f"id {bad} is out of range for {self.label} with {self.ntotal} rows "
-                             "(filter the -1 padding of search results first)")
+            raise IndexError(
+                f"id {bad} is out of range for {self.label} with {self.ntotal} rows "
+                "(filter the -1 padding of search results first)"
+            )
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         which = self.shard_of(sorted_ids)
@@ -376,8 +410,16 @@ class EmbeddingShards:
                 if s.nbytes > probe_bytes:
                     f.seek(s.data_offset + max(probe_bytes, s.nbytes - probe_bytes))
                     h.update(f.read(probe_bytes))
-            items.append({"name": s.name, "rows": s.rows, "dim": s.dim, "dtype": str(s.dtype),
-                          "bytes": s.file_size, "probe": h.hexdigest()[:32]})
+            items.append(
+                {
+                    "name": s.name,
+                    "rows": s.rows,
+                    "dim": s.dim,
+                    "dtype": str(s.dtype),
+                    "bytes": s.file_size,
+                    "probe": h.hexdigest()[:32],
+                }
+            )
         return items
 
 
@@ -398,8 +440,14 @@ class MetadataShards:
         folder = Path(folder)
         if not folder.exists():
             raise FileNotFoundError(f"metadata folder {str(folder)!r} does not exist")
-        files = sorted((p for p in folder.iterdir() if p.name.endswith(".parquet") and p.is_file()
-                        and not p.name.startswith(".")), key=lambda p: p.name)
+        files = sorted(
+            (
+                p
+                for p in folder.iterdir()
+                if p.name.endswith(".parquet") and p.is_file() and not p.name.startswith(".")
+            ),
+            key=lambda p: p.name,
+        )
         if not files:
             raise ShardError(f"metadata folder {str(folder)!r} contains no .parquet files")
         rows = []
@@ -414,7 +462,12 @@ class MetadataShards:
         self.ntotal = int(sum(rows))
         self._offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         if embeddings is not None:
-            _check_pairs(embeddings.shards, [(p, r) for p, r in zip(files, rows)], embeddings.label, "metadata")
+            _check_pairs(
+                embeddings.shards,
+                [(p, r) for p, r in zip(files, rows)],
+                embeddings.label,
+                "metadata",
+            )
 
     def __len__(self) -> int:
         return self.ntotal
@@ -450,8 +503,11 @@ class MetadataShards:
                 tables.append(table.take(pa.array(pos, type=pa.int64())))
         else:
             pf = pq.ParquetFile(self.files[0])
-            tables.append(pf.schema_arrow.empty_table() if columns is None
-                          else pf.schema_arrow.empty_table().select(list(columns)))
+            tables.append(
+                pf.schema_arrow.empty_table()
+                if columns is None
+                else pf.schema_arrow.empty_table().select(list(columns))
+            )
         try:
             merged = pa.concat_tables(tables, promote_options="default")
         except TypeError:  # pyarrow < 14
@@ -465,7 +521,9 @@ def _pyarrow_parquet():
     try:
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading metadata/*.parquet needs pyarrow: pip install 'mudg_fast[pipeline]'") from e
+        raise ImportError(
+            "reading metadata/*.parquet needs pyarrow: pip install 'mudg_fast[pipeline]'"
+        ) from e
     return pq
 
 
@@ -473,31 +531,42 @@ def _pyarrow_parquet():
 # collections: images + captions (+ metadata)
 
 
-def _check_pairs(left: Sequence[NpyShard], right: Sequence[tuple[Path, int]], left_label: str,
-                 right_label: str) -> None:
+def _check_pairs(
+    left: Sequence[NpyShard], right: Sequence[tuple[Path, int]], left_label: str, right_label: str
+) -> None:
     if len(left) != len(right):
-        raise ShardError(f"{len(left)} {left_label} shards but {len(right)} {right_label} files: they must "
-                         f"be row-aligned one to one ({left[0].path.parent} vs {right[0][0].parent})")
+        raise ShardError(
+            f"{len(left)} {left_label} shards but {len(right)} {right_label} files: they must "
+            f"be row-aligned one to one ({left[0].path.parent} vs {right[0][0].parent})"
+        )
     lkeys = [_numeric_key(s.name) for s in left]
     rkeys = [_numeric_key(p.name) for p, _ in right]
     check_keys = all(k is not None for k in lkeys + rkeys)
     for s, (p, rows), lk, rk in zip(left, right, lkeys, rkeys):
         if check_keys and lk != rk:
-            raise ShardError(f"{left_label} shard {s.path} pairs with {p} by sorted order, but their "
-                             f"numbers differ ({lk} vs {rk}); shards must be row-aligned one to one")
+            raise ShardError(
+                f"{left_label} shard {s.path} pairs with {p} by sorted order, but their "
+                f"numbers differ ({lk} vs {rk}); shards must be row-aligned one to one"
+            )
         if rows != s.rows:
-            raise ShardError(f"{p} has {rows} rows but {left_label} shard {s.path} has {s.rows}; "
-                             "row-aligned shards must have equal row counts")
+            raise ShardError(
+                f"{p} has {rows} rows but {left_label} shard {s.path} has {s.rows}; "
+                "row-aligned shards must have equal row counts"
+            )
 
 
 def check_aligned(images: EmbeddingShards, captions: EmbeddingShards) -> None:
     """Raises ShardError unless the two folders are row-aligned (same shard count, same rows per
     shard, matching shard numbers when names end in numbers) and share the dim."""
-    _check_pairs(images.shards, [(s.path, s.rows) for s in captions.shards], images.label, captions.label)
+    _check_pairs(
+        images.shards, [(s.path, s.rows) for s in captions.shards], images.label, captions.label
+    )
     if images.dim != captions.dim:
-        raise ShardError(f"{images.label} have dim {images.dim} ({images.shards[0].path}) but "
-                         f"{captions.label} have dim {captions.dim} ({captions.shards[0].path}); paired "
-                         "embeddings must come from the same model")
+        raise ShardError(
+            f"{images.label} have dim {images.dim} ({images.shards[0].path}) but "
+            f"{captions.label} have dim {captions.dim} ({captions.shards[0].path}); paired "
+            "embeddings must come from the same model"
+        )
 
 
 @dataclass
@@ -524,7 +593,9 @@ class Collection:
         self.close()
 
 
-def open_collection(root=None, *, images_dir=None, captions_dir=None, metadata_dir=None) -> Collection:
+def open_collection(
+    root=None, *, images_dir=None, captions_dir=None, metadata_dir=None
+) -> Collection:
     """Opens and validates a collection. Either ``root`` (a clip-retrieval output folder: its
     ``img_emb/`` and, when present, ``text_emb/`` and ``metadata/``) or explicit folders."""
     if root is not None:
@@ -570,7 +641,9 @@ def sample_ids(ntotal: int, n: int, seed: int) -> np.ndarray:
     return np.sort(ids.astype(np.int64))
 
 
-def gather(shards: EmbeddingShards, ids: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+def gather(
+    shards: EmbeddingShards, ids: np.ndarray, out: Optional[np.ndarray] = None
+) -> np.ndarray:
     """float32 rows for *sorted* global ids, one shard at a time, releasing each shard's pages and
     map after use: memory stays at the output plus one shard's selected rows."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -592,11 +665,15 @@ def gather(shards: EmbeddingShards, ids: np.ndarray, out: Optional[np.ndarray] =
     if ids.size and not _core.all_finite(out):
         bad = int(ids[np.flatnonzero(~np.isfinite(out).all(axis=1))[0]])
         s = shards.shards[int(shards.shard_of(np.array([bad]))[0])]
-        raise ShardError(f"{s.path} row {bad - s.offset} (global id {bad}) contains NaN or infinite values")
+        raise ShardError(
+            f"{s.path} row {bad - s.offset} (global id {bad}) contains NaN or infinite values"
+        )
     return out
 
 
-def write_collection(root, images, captions=None, *, shard_rows: int, dtype=np.float16, metadata=None) -> Path:
+def write_collection(
+    root, images, captions=None, *, shard_rows: int, dtype=np.float16, metadata=None
+) -> Path:
     """Writes embeddings in the clip-retrieval layout under ``root``: ``img_emb/img_emb_{i}.npy``,
     ``text_emb/text_emb_{i}.npy`` (when ``captions`` is given) and ``metadata/metadata_{i}.parquet``
     (when ``metadata`` is given: a dict of equal-length columns, or a pyarrow Table), ``shard_rows``
@@ -623,16 +700,21 @@ def write_collection(root, images, captions=None, *, shard_rows: int, dtype=np.f
         table = metadata if isinstance(metadata, pa.Table) else pa.table(metadata)
         if table.num_rows != n:
             raise ValueError(f"metadata has {table.num_rows} rows, the embeddings {n}")
-    parts = [("img_emb", images)] + ([("text_emb", np.asarray(captions))] if captions is not None else [])
+    parts = [("img_emb", images)] + (
+        [("text_emb", np.asarray(captions))] if captions is not None else []
+    )
     for i in range(n_shards):
         a, b = i * shard_rows, min(n, (i + 1) * shard_rows)
         for name, arr in parts:
             chunk = np.ascontiguousarray(arr[a:b], dtype=dtype)
-            atomic_write(root / name / f"{name}_{i:0{width}d}.npy", lambda tmp, c=chunk: _save_npy(tmp, c))
+            atomic_write(
+                root / name / f"{name}_{i:0{width}d}.npy", lambda tmp, c=chunk: _save_npy(tmp, c)
+            )
         if table is not None:
-            pq = _pyarrow_parquet()
-            atomic_write(root / "metadata" / f"metadata_{i:0{width}d}.parquet",
-                         lambda tmp, a=a, b=b: pq.write_table(table.slice(a, b - a), tmp))
+            atomic_write(
+                root / "metadata" / f"metadata_{i:0{width}d}.parquet",
+                lambda tmp, a=a, b=b: _pyarrow_parquet().write_table(table.slice(a, b - a), tmp),
+            )
     return root
 
 

@@ -16,22 +16,47 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", required=True, metavar="FILE", help="index to evaluate (e.g. standard k-means)")
-    p.add_argument("--paired_index", metavar="FILE", help="a second index (e.g. paired k-means) to compare")
-    p.add_argument("--labels", help="comma-separated labels of the indexes (default: standard,paired when "
-                                    "--paired_index is given, else the file name)")
-    p.add_argument("--queries", required=True, metavar="PATH", help="query embeddings: .npy file or shard folder")
-    p.add_argument("--database", metavar="PATH",
-                   help="the embeddings the index holds (row i = id i): .npy file or shard folder; exact search "
-                        "on it gives the ground truth")
-    p.add_argument("--ground_truth", metavar="FILE", help=".npy of exact neighbour ids (nq, >= k), instead of "
-                                                          "--database")
-    p.add_argument("--num_queries", type=int, help="evaluate a seeded random sample of this many queries "
-                                                   "(default: all of a .npy file, 1000 from a folder)")
+    p.add_argument(
+        "--index", required=True, metavar="FILE", help="index to evaluate (e.g. standard k-means)"
+    )
+    p.add_argument(
+        "--paired_index", metavar="FILE", help="a second index (e.g. paired k-means) to compare"
+    )
+    p.add_argument(
+        "--labels",
+        help="comma-separated labels of the indexes (default: standard,paired when "
+        "--paired_index is given, else the file name)",
+    )
+    p.add_argument(
+        "--queries",
+        required=True,
+        metavar="PATH",
+        help="query embeddings: .npy file or shard folder",
+    )
+    p.add_argument(
+        "--database",
+        metavar="PATH",
+        help="the embeddings the index holds (row i = id i): .npy file or shard folder; exact search "
+        "on it gives the ground truth",
+    )
+    p.add_argument(
+        "--ground_truth",
+        metavar="FILE",
+        help=".npy of exact neighbour ids (nq, >= k), instead of --database",
+    )
+    p.add_argument(
+        "--num_queries",
+        type=int,
+        help="evaluate a seeded random sample of this many queries "
+        "(default: all of a .npy file, 1000 from a folder)",
+    )
     p.add_argument("--k", type=int, default=10, help="neighbours (default 10)")
     p.add_argument("--nprobes", default="1,2,4,8,16,32", help="comma-separated nprobe values")
-    p.add_argument("--pairs", action="store_true",
-                   help="queries and database are row-aligned caption/image pairs: add the modality gap")
+    p.add_argument(
+        "--pairs",
+        action="store_true",
+        help="queries and database are row-aligned caption/image pairs: add the modality gap",
+    )
     p.add_argument("--plot", metavar="PNG", help="write recall-vs-nprobe plot here")
     p.add_argument("--report", metavar="JSON", help="write the results here")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default 0)")
@@ -51,7 +76,9 @@ def _open(path: str, what: str):
     try:
         if p.is_dir():
             if not any(p.glob("*.npy")) and (p / "img_emb").is_dir():
-                raise CliError(f"{what} {path!r} is a collection root; give its img_emb/ or text_emb/ folder")
+                raise CliError(
+                    f"{what} {path!r} is a collection root; give its img_emb/ or text_emb/ folder"
+                )
             return EmbeddingShards(p, label=what)
         a = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ShardError, ValueError, OSError) as e:
@@ -82,7 +109,9 @@ def run(args) -> int:
     try:
         nprobes = [int(v) for v in args.nprobes.split(",") if v.strip()]
     except ValueError:
-        raise CliError(f"--nprobes must be comma-separated integers, got {args.nprobes!r}") from None
+        raise CliError(
+            f"--nprobes must be comma-separated integers, got {args.nprobes!r}"
+        ) from None
     if not nprobes or min(nprobes) < 1:
         raise CliError(f"--nprobes must be positive integers, got {args.nprobes!r}")
     if args.k < 1:
@@ -122,46 +151,85 @@ def run(args) -> int:
         if args.ground_truth:
             gt = np.load(args.ground_truth, allow_pickle=False)
             if gt.ndim != 2 or gt.shape[0] != n_all:
-                raise CliError(f"--ground_truth has shape {gt.shape}; expected ({n_all}, >= {args.k}) for the "
-                               f"{n_all} queries")
+                raise CliError(
+                    f"--ground_truth has shape {gt.shape}; expected ({n_all}, >= {args.k}) for the "
+                    f"{n_all} queries"
+                )
             gt = gt[ids]
         else:
             ddim = database.dim if isinstance(database, EmbeddingShards) else database.shape[1]
             if ddim != dim:
                 raise CliError(f"database has dim {ddim}, the index {dim}")
-            print(f"eval-index: exact search of {len(ids):,} queries for the ground truth", file=sys.stderr)
+            print(
+                f"eval-index: exact search of {len(ids):,} queries for the ground truth",
+                file=sys.stderr,
+            )
             _, gt = exact_ground_truth(queries, database, args.k, num_threads=args.num_threads)
-        results = {label: evaluate_recall(ix, queries, ground_truth=gt, k=args.k, nprobes=nprobes,
-                                          num_threads=args.num_threads) for label, ix in indexes.items()}
+        results = {
+            label: evaluate_recall(
+                ix,
+                queries,
+                ground_truth=gt,
+                k=args.k,
+                nprobes=nprobes,
+                num_threads=args.num_threads,
+            )
+            for label, ix in indexes.items()
+        }
         gap = None
         if args.pairs:
             if database is None:
                 raise CliError("--pairs needs --database (the images paired with the queries)")
             n_db = database.ntotal if isinstance(database, EmbeddingShards) else database.shape[0]
             if n_db != n_all:
-                raise CliError(f"--pairs: queries have {n_all} rows, the database {n_db}; they must be row-aligned")
+                raise CliError(
+                    f"--pairs: queries have {n_all} rows, the database {n_db}; they must be row-aligned"
+                )
             gap_ids = sample_ids(n_all, 10_000, args.seed)
             gap = modality_gap(_rows(database, gap_ids), _rows(queries_src, gap_ids))
     except (ShardError, ValueError) as e:
         raise CliError(str(e)) from e
 
     # table
-    head = f"{'nprobe':>6}" + "".join(f"  {label + ' R@' + str(args.k):>18}  {'QPS':>9}" for label in results)
+    head = f"{'nprobe':>6}" + "".join(
+        f"  {label + ' R@' + str(args.k):>18}  {'QPS':>9}" for label in results
+    )
     print(head)
     for j, p in enumerate(nprobes):
-        print(f"{p:>6}" + "".join(f"  {r.recall[j]:>18.4f}  {r.qps[j]:>9,.0f}" for r in results.values()))
+        print(
+            f"{p:>6}"
+            + "".join(f"  {r.recall[j]:>18.4f}  {r.qps[j]:>9,.0f}" for r in results.values())
+        )
     if gap is not None:
-        print(f"modality gap ({gap['n_pairs']:,} pairs): matched cosine {gap['matched_cosine']:.3f}, random "
-              f"{gap['random_cosine']:.3f}, distance between modality means {gap['mean_distance']:.3f}")
+        print(
+            f"modality gap ({gap['n_pairs']:,} pairs): matched cosine "
+            f"{gap['matched_cosine']:.3f}, random {gap['random_cosine']:.3f}, distance between "
+            f"modality means {gap['mean_distance']:.3f}"
+        )
     if args.plot:
         plot_recall(results, args.plot)
         print(f"eval-index: wrote {args.plot}", file=sys.stderr)
     if args.report:
-        report = {"k": args.k, "n_queries": int(len(ids)), "nprobes": nprobes, "seed": args.seed,
-                  "queries": str(args.queries), "database": args.database, "ground_truth": args.ground_truth,
-                  "indexes": {label: {"path": str(path), "nlist": ix.nlist, "ntotal": ix.ntotal, "codec": ix.codec}
-                              for (label, ix), path in zip(indexes.items(), paths)},
-                  "results": {label: r.to_dict() for label, r in results.items()}, "modality_gap": gap}
+        report = {
+            "k": args.k,
+            "n_queries": int(len(ids)),
+            "nprobes": nprobes,
+            "seed": args.seed,
+            "queries": str(args.queries),
+            "database": args.database,
+            "ground_truth": args.ground_truth,
+            "indexes": {
+                label: {
+                    "path": str(path),
+                    "nlist": ix.nlist,
+                    "ntotal": ix.ntotal,
+                    "codec": ix.codec,
+                }
+                for (label, ix), path in zip(indexes.items(), paths)
+            },
+            "results": {label: r.to_dict() for label, r in results.items()},
+            "modality_gap": gap,
+        }
         text = json.dumps(report, indent=1)
         atomic_write(args.report, lambda tmp: Path(tmp).write_text(text))
         print(f"eval-index: wrote {args.report}", file=sys.stderr)
