@@ -276,14 +276,14 @@ def plan_build(
 def _calibrate(dim: int, nlist: int, num_threads) -> tuple[float, float]:
     """Multiply-adds per second of (nearest-centroid assignment, exact top-1 search), the kernels
     that k-means, paired training and add() spend their time in, each measured on a small random
-    problem (~0.1 s)."""
+    problem of ~4e8 multiply-adds (large enough for the kernels to reach their speed; ~0.1 s)."""
     rng = np.random.default_rng(0)
     threads = resolve_threads(num_threads)
     c = min(nlist, 1024)
-    rows = max(256, int(5e7 // (c * dim)))
+    rows = int(np.clip(4e8 // (c * dim), 4096, 65536))
     x = rng.standard_normal((rows, dim), dtype=np.float32)
     cent = rng.standard_normal((c, dim), dtype=np.float32)
-    nq, ndb = 1024, max(256, int(5e7 // (1024 * dim)))
+    nq, ndb = 2048, int(np.clip(4e8 // (2048 * dim), 4096, 65536))
     q = rng.standard_normal((nq, dim), dtype=np.float32)
     db = rng.standard_normal((ndb, dim), dtype=np.float32)
     best_a = best_k = math.inf
