@@ -373,7 +373,7 @@ class _WorkDir:
         for p in paths:
             try:
                 os.unlink(p)
-            except FileNotFoundError:
+            except OSError:  # missing, or still open elsewhere (Windows): leave it
                 pass
 
     def clear(self) -> None:
@@ -609,7 +609,8 @@ def build_index(
 
     Returns
     -------
-    The finished index (in memory; identical to ``IVFIndex.load(out)``).
+    ``IVFIndex.load(out)``: the finished index, memory-mapped from the file (the build's own
+    in-memory copy is released first).
     """
     nlist = _check_int("nlist", nlist)
     if codec not in CODECS:
@@ -732,7 +733,7 @@ def _build(
             and o.get("mtime_ns") == out.stat().st_mtime_ns
         ):
             say(f"{out} is already complete (manifest {work.manifest}); nothing to do")
-            return IVFIndex.load(out, num_threads=num_threads)
+            return IVFIndex.load(out, mmap=True, verify=False, num_threads=num_threads)
         why = (
             "the finished build in the manifest used other inputs or parameters"
             if not same
@@ -860,7 +861,10 @@ def _build(
         f"~{nprobe * mean_list:,.0f} vectors per query "
         f"({100 * min(1.0, nprobe / plan.nlist):.2g}% of the index)"
     )
-    return index
+    num_threads = index.num_threads
+    del index
+    _release_free_memory()
+    return IVFIndex.load(out, mmap=True, verify=False, num_threads=num_threads)
 
 
 def _train_or_resume(
