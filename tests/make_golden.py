@@ -25,7 +25,7 @@ def build(codec):
     x, q, centroids, ids = golden_inputs()
     ix = mudg_fast.IVFIndex(8, 4, codec=codec).set_centroids(centroids)
     if codec == "sq8":
-        ix._ix.set_codec_params(np.full(8, -1.0, np.float32), np.full(8, 2.0 / 255, np.float32))
+        ix.set_codec_params(np.full(8, -1.0, np.float32), np.full(8, 2.0 / 255, np.float32))
     ix.add(x, ids)
     return ix
 

@@ -40,8 +40,8 @@ def _empty_like(index: IVFIndex) -> IVFIndex:
     """A new empty index with the same centroids and codec parameters."""
     ix = IVFIndex(index.dim, index.nlist, codec=index.codec)
     ix.set_centroids(index.centroids)
-    a, b = index._ix.codec_params()
-    ix._ix.set_codec_params(a, b)
+    a, b = index.codec_params()
+    ix.set_codec_params(a, b)
     return ix
 
 
@@ -67,7 +67,7 @@ def test_build_equals_training_on_the_sample_then_adding_everything(coll, tmp_pa
     else:
         ref.train(images[ids], seed=0)
     np.testing.assert_array_equal(built.centroids, ref.centroids)
-    np.testing.assert_array_equal(built._ix.codec_params()[0], ref._ix.codec_params()[0])
+    np.testing.assert_array_equal(built.codec_params()[0], ref.codec_params()[0])
     # streaming the fp16 shards batch by batch == adding all float32 rows at once (ids = row order)
     direct = ref.add(images)
     q = _queries(captions)

@@ -92,7 +92,7 @@ def test_faiss_search_matches_ours(codec, nprobe, data):
 def test_sq8_mapping_gives_faiss_our_encoder(data):
     x, _ = data
     ix = _built("sq8", x)
-    vmin, step = ix._ix.codec_params()
+    vmin, step = ix.codec_params()
     params = faiss_sq8_params(vmin, step)
     np.testing.assert_allclose(params[:D], vmin - step / 2, rtol=1e-6)
     np.testing.assert_allclose(params[D:], 255 * step, rtol=1e-6)

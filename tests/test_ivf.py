@@ -295,7 +295,7 @@ def test_merge_keeps_global_ids(corpus):
     b = IVFIndex(40, 16, codec="sq8")
     for part in (a, b):
         part.set_centroids(full.centroids)
-        part._ix.set_codec_params(*full._ix.codec_params())
+        part.set_codec_params(*full.codec_params())
     full.add(xb)
     half = len(xb) // 2 + 5  # not a multiple of 16: exercises the unaligned merge path
     a.add(xb[:half])

@@ -1,12 +1,17 @@
 #include "mudg_fast/ivf.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "mudg_fast/parallel.hpp"
 #include "mudg_fast/topk.hpp"
@@ -53,6 +58,18 @@ int sq4_code(float v, const float* m) {
 // ---------------------------------------------------------------------------------------------
 // AlignedBuffer
 
+// Large buffers live in their own anonymous mappings and grow with mremap (Linux): no copy, no
+// fragmentation, and the geometric spare capacity is never touched, so it costs address space
+// but not memory (the streaming build's peak stays at index + one batch). Small buffers use the
+// allocator.
+namespace {
+constexpr std::size_t kMapThreshold = std::size_t{64} << 10;
+// Linux refuses more than vm.max_map_count (65530 by default) mappings per process: past this
+// many live mapped buffers, new ones come from the allocator instead.
+constexpr long kMaxMappings = 30000;
+std::atomic<long> g_mappings{0};
+}
+
 AlignedBuffer& AlignedBuffer::operator=(const AlignedBuffer& o) {
     if (this != &o) {
         AlignedBuffer tmp;
@@ -63,19 +80,55 @@ AlignedBuffer& AlignedBuffer::operator=(const AlignedBuffer& o) {
     return *this;
 }
 
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+AlignedBuffer::~AlignedBuffer() {
+    if (!data_) return;
+#ifdef __linux__
+    if (mapped_) {
+        ::munmap(data_, capacity_);
+        g_mappings.fetch_sub(1);
+        return;
+    }
+#endif
+    std::free(data_);
+}
 
 void AlignedBuffer::swap(AlignedBuffer& o) noexcept {
     std::swap(data_, o.data_);
     std::swap(size_, o.size_);
     std::swap(capacity_, o.capacity_);
+    std::swap(mapped_, o.mapped_);
 }
 
 void AlignedBuffer::resize(std::size_t n) {
     if (n <= size_) return;
     if (n > capacity_) {
         std::size_t cap = std::max<std::size_t>(n, capacity_ + capacity_ / 2);
-        cap = (cap + 63) / 64 * 64;
+        cap = (cap + 4095) / 4096 * 4096;
+#ifdef __linux__
+        if (cap >= kMapThreshold && (mapped_ || g_mappings.load() < kMaxMappings)) {
+            cap = std::max(cap, 2 * capacity_);  // spare pages are untouched: grow generously
+            void* p;
+            if (mapped_) {
+                p = ::mremap(data_, capacity_, cap, MREMAP_MAYMOVE);
+            } else {
+                p = ::mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                if (p != MAP_FAILED) {
+                    if (size_) std::memcpy(p, data_, size_);
+                    std::free(data_);
+                    g_mappings.fetch_add(1);
+                }
+            }
+            if (p != MAP_FAILED) {
+                data_ = static_cast<std::uint8_t*>(p);  // page aligned; new pages read as zero
+                capacity_ = cap;
+                mapped_ = true;
+                size_ = n;
+                return;
+            }
+            if (mapped_) throw std::bad_alloc();
+            // a fresh mapping was refused: fall through to the allocator
+        }
+#endif
         void* p = nullptr;
         if (posix_memalign(&p, 64, cap) != 0 || !p) throw std::bad_alloc();
         if (size_) std::memcpy(p, data_, size_);

@@ -8,8 +8,10 @@ are imported lazily, so ``import mudg_fast`` never imports torch.
 from __future__ import annotations
 
 from . import _core, datasets
+from .build import build_index
 from .index import IVFIndex
 from .kmeans import KMeans, PairedKMeans, kmeans, paired_kmeans
+from .recall import evaluate_recall, modality_gap, plot_recall
 from .search import knn
 
 __version__ = _core.__version__
@@ -22,6 +24,10 @@ __all__ = [
     "kmeans",
     "paired_kmeans",
     "knn",
+    "build_index",
+    "evaluate_recall",
+    "modality_gap",
+    "plot_recall",
     "ClipEncoder",
     "evaluate",
     "finetune",

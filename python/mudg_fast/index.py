@@ -203,6 +203,20 @@ class IVFIndex:
         self._ix.set_centroids(c)
         return self
 
+    def codec_params(self) -> tuple[np.ndarray, np.ndarray]:
+        """The scalar quantiser's parameters: sq8 -> (vmin[dim], step[dim]) with decode
+        vmin + code * step; sq4 -> (levels[dim * 16], empty) with decode levels[k * 16 + code];
+        f32 / f16 -> two empty arrays."""
+        return self._ix.codec_params()
+
+    def set_codec_params(self, a, b=()) -> "IVFIndex":
+        """Installs quantiser parameters (as returned by codec_params) instead of training them,
+        e.g. to give several shards of one collection the same codec before merging."""
+        self._check_empty("set_codec_params()")
+        self._ix.set_codec_params(np.ascontiguousarray(a, dtype=np.float32).reshape(-1),
+                                  np.ascontiguousarray(b, dtype=np.float32).reshape(-1))
+        return self
+
     def train_codec(self, x, *, seed: int = 0) -> "IVFIndex":
         """Fits the scalar quantiser (sq8/sq4) on a seeded random sample of x; no-op for f32/f16."""
         self._check_empty("train_codec()")

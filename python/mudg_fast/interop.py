@@ -105,7 +105,7 @@ def ivf_to_faiss(index, *, nprobe: int = 8):
             quantizer, d, nlist, qtype, ip, False
         )  # by_residual=False
         if codec == "sq8":
-            vmin, step = (np.asarray(p, dtype=np.float32) for p in index._ix.codec_params())
+            vmin, step = (np.asarray(p, dtype=np.float32) for p in index.codec_params())
             faiss.copy_array_to_vector(faiss_sq8_params(vmin, step), out.sq.trained)
             vmin64, step64 = vmin.astype(np.float64), step.astype(np.float64)
     # the index owns its quantizer (lifetime managed by faiss, also after read_index)

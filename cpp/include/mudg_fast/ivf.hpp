@@ -39,6 +39,7 @@ public:
 private:
     std::uint8_t* data_ = nullptr;
     std::size_t size_ = 0, capacity_ = 0;
+    bool mapped_ = false;  ///< an anonymous mapping grown with mremap (Linux, large buffers)
 };
 
 /// A read-only view of a file mapped into memory (or read into memory when mapping is off).
