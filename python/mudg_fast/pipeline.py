@@ -20,7 +20,8 @@ from .index import IVFIndex, atomic_write
 from .retrieve import combine_retrievals
 from .select import select_by_clustering, similarity_to_prototypes
 
-__all__ = ["TrainingSet", "build_training_set", "check_classnames", "write_manifest"]
+__all__ = ["Candidates", "TrainingSet", "build_training_set", "check_classnames", "retrieve_candidates",
+           "select_training_set", "write_manifest"]
 
 
 def check_classnames(classnames) -> list[str]:
@@ -76,36 +77,51 @@ def _encode(encoder, texts):
     return x
 
 
-def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = "a photo of a {}.",
-                       descriptors=None, pool=None, m: int = 16, n_groups: int = 16, k: int = 64, nprobe: int = 8,
-                       threshold: float = 0.25, k_per_class: int = 48, strategy: str = "random", seed: int = 0,
-                       embeddings=None, num_threads: int | None = None, log=None) -> TrainingSet:
-    """Retrieves, pseudo-labels, filters and selects a training set for ``classnames``.
+@dataclass
+class Candidates:
+    """Pseudo-labelled retrievals before filtering and selection (SPEC §3)."""
 
-    descriptors : the label-text descriptors to use; None selects ``m`` of them from ``pool`` (the
-        built-in pool when None) with ``mudg_fast.augment.select_descriptors``; an empty list
-        uses the plain prompt only.
-    k : neighbours per query [64]; must not exceed the index size. nprobe : lists probed [8].
-    threshold : similarity filter against the unaugmented prototype [0.25].
-    k_per_class : clusters per class in the selection [48].
-    embeddings : where the selection reads image embeddings: an array / memory map indexed by
-        id, or a callable ``ids -> (n, d)``; None reconstructs them from the index.
-    log : optional callable(str) for progress messages.
+    ids: np.ndarray          # int64, unique, ascending
+    labels: np.ndarray       # int64 class index
+    votes: np.ndarray        # float64 winning vote
+    best_score: np.ndarray   # float32 best retrieval score for the winning class
+    n_tied: np.ndarray       # int64 classes tied at the top vote
+    prototypes: np.ndarray   # float32 (C, d) unaugmented class-prompt embeddings
+    classnames: list[str]
+    descriptors: list[str]
+    template: str
+    summary: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def retrieve_candidates(index: IVFIndex, encoder, classnames, *, template: str = "a photo of a {}.",
+                        descriptors=None, pool=None, m: int = 16, n_groups: int = 16, k: int = 64, nprobe: int = 8,
+                        seed: int = 0, num_threads: int | None = None, log=None) -> Candidates:
+    """Encodes the class prompts (plain and with each descriptor), searches them all in one
+    list-major batch, and rank-votes the results into pseudo-labels.
+
+    descriptors : the label-text descriptors; None selects ``m`` from ``pool`` (the built-in pool
+        when None) with ``mudg_fast.augment.select_descriptors``; an empty list uses the plain
+        prompt only. k : neighbours per query [64], at most the index size. nprobe : lists probed [8].
     """
-    from . import augment  # noqa: PLC0415  (pure numpy; kept lazy to keep `import mudg_fast` light)
+    from . import augment  # noqa: PLC0415
 
     say = log or (lambda s: None)
     names = check_classnames(classnames)
-    if "{}" not in template:
-        raise ValueError(f"template must contain '{{}}' where the class name goes, got {template!r}")
+    template = augment.get_template(template)
     if index.ntotal == 0:
         raise ValueError("the index is empty: add image embeddings before retrieving")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > index.ntotal:
         raise ValueError(f"k={k} neighbours per query is larger than the index ({index.ntotal} images)")
     t0 = time.perf_counter()
     prototypes = _encode(encoder, [augment.format_prompt(template, c) for c in names])
     if prototypes.shape[1] != index.dim:
         raise ValueError(f"the encoder gives {prototypes.shape[1]}-d vectors but the index holds {index.dim}-d ones")
+    prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
     if descriptors is None:
         pool = augment.load_descriptor_pool() if pool is None else list(pool)
         descriptors = augment.select_descriptors(encoder, names, template, pool, m=min(m, len(pool)),
@@ -116,7 +132,6 @@ def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = 
     prompts = [augment.format_prompt(template, c, d) for d in variants for c in names]
     queries = _encode(encoder, prompts)
     t_encode = time.perf_counter() - t0
-
     t1 = time.perf_counter()
     scores, ids = index.search(queries, k, nprobe=nprobe)
     t_search = time.perf_counter() - t1
@@ -124,38 +139,73 @@ def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = 
     comb = combine_retrievals(ids.reshape(shape), scores.reshape(shape), seed=seed, return_details=True,
                               num_threads=num_threads)
     say(f"{len(prompts)} queries retrieved {len(comb)} unique images")
+    summary = {"classes": len(names), "template": template, "descriptors": descriptors, "k": k, "nprobe": nprobe,
+               "seed": seed, "queries": len(prompts), "retrieved_unique": int(len(comb)),
+               "index": {"nlist": index.nlist, "codec": index.codec, "ntotal": index.ntotal, "dim": index.dim},
+               "seconds": {"encode": t_encode, "search": t_search}}
+    return Candidates(ids=comb.ids, labels=comb.labels, votes=comb.votes, best_score=comb.best_score,
+                      n_tied=comb.n_tied, prototypes=prototypes, classnames=names, descriptors=descriptors,
+                      template=template, summary=summary)
 
-    if embeddings is None:
-        emb = index.reconstruct(comb.ids)
-    elif callable(embeddings):
-        emb = np.asarray(embeddings(comb.ids), dtype=np.float32)
+
+def _fetch(embeddings, ids, dim):
+    if callable(embeddings):
+        emb = embeddings(ids)
+    elif hasattr(embeddings, "reconstruct"):
+        emb = embeddings.reconstruct(ids)
     else:
-        emb = np.asarray(embeddings[comb.ids], dtype=np.float32)
-    if emb.shape != (len(comb), index.dim):
-        raise ValueError(f"embeddings for {len(comb)} ids came back with shape {emb.shape}")
-    sim = similarity_to_prototypes(emb, comb.labels, prototypes, num_threads=num_threads)
-    keep = sim > threshold
-    kept = np.flatnonzero(keep)
-    sel = kept[select_by_clustering(emb[kept], comb.labels[kept], k_per_class, strategy=strategy, seed=seed,
+        emb = embeddings[ids]
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.shape != (len(ids), dim):
+        raise ValueError(f"embeddings for {len(ids)} ids came back with shape {emb.shape}")
+    return emb
+
+
+def select_training_set(cands: Candidates, embeddings, *, threshold: float = 0.25, k_per_class: int = 48,
+                        strategy: str = "random", seed: int = 0, num_threads: int | None = None) -> TrainingSet:
+    """Similarity filter against the unaugmented prototypes, then per-class k-means selection
+    (SPEC §4). ``embeddings``: an IVFIndex (reconstructed codes), an array / memory map indexed by
+    id, or a callable ``ids -> (n, d)`` (e.g. reading the source shards)."""
+    t0 = time.perf_counter()
+    dim = cands.prototypes.shape[1]
+    emb = _fetch(embeddings, cands.ids, dim) if len(cands) else np.zeros((0, dim), np.float32)
+    sim = similarity_to_prototypes(emb, cands.labels, cands.prototypes, num_threads=num_threads)
+    kept = np.flatnonzero(sim > threshold)
+    sel = kept[select_by_clustering(emb[kept], cands.labels[kept], k_per_class, strategy=strategy, seed=seed,
                                     num_threads=num_threads)] if len(kept) else kept
-    t_total = time.perf_counter() - t0
-    C = len(names)
-    summary = {
-        "classes": C, "template": template, "descriptors": descriptors, "k": k, "nprobe": nprobe,
-        "threshold": threshold, "k_per_class": k_per_class, "strategy": strategy, "seed": seed,
-        "queries": len(prompts), "retrieved_unique": int(len(comb)), "after_filter": int(keep.sum()),
-        "selected": int(len(sel)),
+    C = len(cands.classnames)
+    summary = dict(cands.summary)
+    summary.update({
+        "threshold": threshold, "k_per_class": k_per_class, "strategy": strategy, "selection_seed": seed,
+        "after_filter": int(len(kept)), "selected": int(len(sel)),
         "per_class": {
             name: {"retrieved": int(r), "after_filter": int(f), "selected": int(s)}
-            for name, r, f, s in zip(names, np.bincount(comb.labels, minlength=C),
-                                     np.bincount(comb.labels[kept], minlength=C),
-                                     np.bincount(comb.labels[sel], minlength=C))},
-        "index": {"nlist": index.nlist, "codec": index.codec, "ntotal": index.ntotal, "dim": index.dim},
-        "seconds": {"encode": t_encode, "search": t_search, "total": t_total},
-    }
-    return TrainingSet(ids=comb.ids[sel], labels=comb.labels[sel], classnames=names,
-                       vote_score=comb.votes[sel], similarity=sim[sel], retrieval_score=comb.best_score[sel],
-                       descriptors=descriptors, summary=summary)
+            for name, r, f, s in zip(cands.classnames, np.bincount(cands.labels, minlength=C),
+                                     np.bincount(cands.labels[kept], minlength=C),
+                                     np.bincount(cands.labels[sel], minlength=C))},
+    })
+    summary.setdefault("seconds", {})
+    summary["seconds"] = dict(summary["seconds"], select=time.perf_counter() - t0)
+    return TrainingSet(ids=cands.ids[sel], labels=cands.labels[sel], classnames=cands.classnames,
+                       vote_score=cands.votes[sel], similarity=sim[sel], retrieval_score=cands.best_score[sel],
+                       descriptors=cands.descriptors, summary=summary)
+
+
+def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = "a photo of a {}.",
+                       descriptors=None, pool=None, m: int = 16, n_groups: int = 16, k: int = 64, nprobe: int = 8,
+                       threshold: float = 0.25, k_per_class: int = 48, strategy: str = "random", seed: int = 0,
+                       embeddings=None, num_threads: int | None = None, log=None) -> TrainingSet:
+    """Retrieves, pseudo-labels, filters and selects a training set for ``classnames``
+    (retrieve_candidates, then select_training_set).
+
+    embeddings : where the selection reads image embeddings: an array / memory map indexed by
+        id, a callable ``ids -> (n, d)``, or None to reconstruct them from the index.
+    """
+    cands = retrieve_candidates(index, encoder, classnames, template=template, descriptors=descriptors, pool=pool,
+                                m=m, n_groups=n_groups, k=k, nprobe=nprobe, seed=seed, num_threads=num_threads,
+                                log=log)
+    return select_training_set(cands, index if embeddings is None else embeddings, threshold=threshold,
+                               k_per_class=k_per_class, strategy=strategy, seed=seed, num_threads=num_threads)
 
 
 def write_manifest(ts: TrainingSet, path, *, metadata=None, summary_path=None, extra_summary=None) -> tuple[Path, Path]:
