@@ -411,3 +411,22 @@ def test_rerank_rescores_the_shortlist_exactly(trained, corpus):
         ix.search(xq, 10, rerank=20)
     with pytest.raises(ValueError, match="source returned shape"):
         ix.search(xq, 10, rerank=20, source=lambda ids: xb[ids][:, :5])
+
+
+@pytest.mark.parametrize("level", available_simd_levels())
+def test_f16_codes_round_like_numpy(rng, level, simd_level_restored):
+    """Both half conversions (the SIMD block path and the scalar slot path) round to nearest
+    even, with subnormals, overflow to inf excluded by validation, exactly like numpy."""
+    mudg_fast.set_simd_level(level)
+    d = 16
+    mags = 2.0 ** rng.uniform(-26, 15.9, size=(4000, d))  # half subnormals ... max finite
+    x = (mags * rng.choice([-1, 1], size=mags.shape)).astype(np.float32)
+    x[0, :] = [0.0, -0.0, 65504.0, -65504.0, 6.1e-5, 5.96e-8, 2.98e-8, 1e-9, 1.0, 1.5, 0.1, 1 / 3, 2049, 4097,
+               65519.0, 3e-8]
+    # ties: values exactly halfway between two halves must go to the even one
+    x[1, :] = (np.arange(16, dtype=np.float32) * 2 + 1) * 2.0 ** -11 + 1.0
+    ix = IVFIndex(d, 1, codec="f16").set_centroids(np.ones((1, d), np.float32))
+    ix.add(x[:7])   # slot by slot (an open block)
+    ix.add(x[7:])   # then whole blocks
+    got = ix.reconstruct(np.arange(len(x)))
+    np.testing.assert_array_equal(got, x.astype(np.float16).astype(np.float32))
