@@ -14,7 +14,10 @@ ITERS = 5
 def kmeans_data(tmp_path_factory):
     n, d, k = scaled(200_000, 4096), 512, 1024 if scaled(200_000) >= 50_000 else 128
     x = mudg_fast.datasets.clustered_unit_vectors(n, d, n_clusters=1000, seed=0)
-    captions = mudg_fast.datasets.clustered_unit_vectors(n, d, n_clusters=1000, seed=1, centre_seed=0)
+    # caption i describes image i: a noisy copy of it (cosine ~0.9), as a paired corpus would
+    noise = np.random.default_rng(1).standard_normal((n, d), dtype=np.float32) * (0.5 / np.sqrt(d))
+    captions = x + noise
+    captions /= np.linalg.norm(captions, axis=1, keepdims=True)
     init = x[np.sort(np.random.default_rng(0).choice(n, k, replace=False))].copy()
     tmp = tmp_path_factory.mktemp("kmeans")
     np.save(tmp / "x.npy", x)
