@@ -109,7 +109,7 @@ def load_index(path: str):
         raise CliError(str(e)) from None
 
 
-def embeddings_source(spec: str | None, index):
+def embeddings_source(spec: str | None, index, dim: int):
     """Where selection reads image embeddings: a shard folder (img_emb/ or its parent), a .npy
     file, or the index itself (decoded codes) when spec is None."""
     if spec is None:
@@ -128,8 +128,8 @@ def embeddings_source(spec: str | None, index):
         shards = EmbeddingShards(folder, label="images")
     except (ValueError, OSError) as e:
         raise CliError(str(e)) from None
-    if shards.dim != index.dim:
-        raise CliError(f"{spec}: embeddings have {shards.dim} dimensions, the index {index.dim}")
+    if shards.dim != dim:
+        raise CliError(f"{spec}: embeddings have {shards.dim} dimensions, the class prototypes {dim}")
     return shards.fetch
 
 

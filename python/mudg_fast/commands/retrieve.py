@@ -34,6 +34,8 @@ def add_arguments(p):
 def retrieve_from_args(args, encoder=None):
     from ..pipeline import retrieve_candidates
 
+    if args.no_augmentation and args.descriptors:
+        raise CliError("--no_augmentation and --descriptors exclude each other")
     names = read_classnames(args.classnames)
     index = load_index(args.index)
     descriptors = [] if args.no_augmentation else (read_descriptors(args.descriptors) if args.descriptors else None)

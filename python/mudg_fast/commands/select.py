@@ -33,7 +33,7 @@ def select_and_write(cands, index, args, extra_summary=None):
 
     if args.embeddings is None and index is None:
         raise CliError("give --embeddings or --index: selection needs the image embeddings")
-    source = embeddings_source(args.embeddings, index)
+    source = embeddings_source(args.embeddings, index, cands.prototypes.shape[1])
     try:
         ts = select_training_set(cands, source, threshold=args.threshold, k_per_class=args.k_per_class,
                                  strategy=args.strategy, seed=args.seed)
