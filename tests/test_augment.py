@@ -109,8 +109,8 @@ CLASSES = ["cat", "tiger", "lion", "dog", "wolf", "fox", "car", "truck", "bus", 
 def test_matches_reference_on_fake_encoder(n_groups, seed):
     enc = BagOfWordsEncoder()
     pool = load_descriptor_pool()[:120] + [""]
-    got = select_descriptors(enc, CLASSES, "a photo of a {}.", pool, 10, n_groups=n_groups, seed=seed,
-                             return_scores=True)
+    got = select_descriptors(enc, CLASSES, "a photo of a {}.", pool, 10, n_groups=n_groups,
+                             seed=seed, return_scores=True)
     want, want_scores, margins = reference_selection(enc, CLASSES, "a photo of a {}.", pool, 10,
                                                      n_groups=n_groups, seed=seed)
     # no near-ties that float rounding could flip: the comparison below is meaningful and exact
@@ -318,10 +318,13 @@ def test_format_prompt():
     assert format_prompt("a photo of a {}.", "cat") == "a photo of a cat."
     assert format_prompt("a photo of a {}.", "cat", ", which can be any color.") == \
         "a photo of a cat, which can be any color."
-    assert format_prompt("flowers", "rose", ", in the rain.") == "a photo of a rose, a type of flower, in the rain."
-    assert format_prompt("a photo of a {}.  ", "cat", ", in the snow.") == "a photo of a cat, in the snow."
+    assert format_prompt("flowers", "rose", ", in the rain.") == \
+        "a photo of a rose, a type of flower, in the rain."
+    assert format_prompt("a photo of a {}.  ", "cat", ", in the snow.") == \
+        "a photo of a cat, in the snow."
     assert format_prompt("itap of a {}", "cat", ", in the snow.") == "itap of a cat, in the snow."
-    assert format_prompt("a photo of a {}.", "cat", "") == format_prompt("a photo of a {}.", "cat", None)
+    assert format_prompt("a photo of a {}.", "cat", "") == \
+        format_prompt("a photo of a {}.", "cat", None)
     # braces in class names are kept literally (no str.format)
     assert format_prompt("a photo of a {}.", "{x} cat") == "a photo of a {x} cat."
     with pytest.raises(ValueError, match="placeholder"):
@@ -369,7 +372,8 @@ def test_load_pool_from_file(tmp_path):
     f = tmp_path / "pool.txt"
     f.write_text("# my pool\n\n, which is red.\n   # indented comment\n, in the snow.  \n"
                  " with a leading space.\r\n", encoding="utf-8")
-    assert load_descriptor_pool(f) == [", which is red.", ", in the snow.", " with a leading space."]
+    assert load_descriptor_pool(f) == [", which is red.", ", in the snow.",
+                                       " with a leading space."]
     assert load_descriptor_pool(str(f)) == load_descriptor_pool(f)
 
 

@@ -12,7 +12,8 @@ from mudg_fast.synthetic import (SyntheticParams, SyntheticTextEncoder, concept_
                                  cross_modal_statistics, make_corpus, modality_gap)
 
 # README tolerances of the generator fit (centred on the real values, computed below)
-TOLERANCE = {"matched_cosine": 0.03, "random_cosine": 0.03, "modality_gap": 0.05, "recall_at_1": 0.1}
+TOLERANCE = {"matched_cosine": 0.03, "random_cosine": 0.03, "modality_gap": 0.05,
+             "recall_at_1": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,8 @@ def test_images_carry_variance_captions_do_not_describe(corpus, coco500):
     assert ratio["synthetic"] < 0.5, ratio
     assert ratio["offset"] > 0.6, ratio
     st = cross_modal_statistics(corpus.images, corpus.captions)
-    assert abs(st["image_variance_in_caption_pcs"] - S.COCO500_STATISTICS["image_variance_in_caption_pcs"]) < 0.06
+    key = "image_variance_in_caption_pcs"
+    assert abs(st[key] - S.COCO500_STATISTICS[key]) < 0.06
 
 
 def test_cross_modal_statistics_against_numpy(rng):
@@ -120,7 +122,8 @@ def test_cross_modal_statistics_sampling(corpus):
     assert a == b and a != c and a["n_pairs"] == 300
     idx = np.sort(np.random.default_rng(4).choice(corpus.n_images, 300, replace=False))
     assert cross_modal_statistics(corpus.images[idx], corpus.captions[idx], sample=None) == a
-    assert cross_modal_statistics(corpus.images[:50], corpus.captions[:50], sample=500)["n_pairs"] == 50
+    small = cross_modal_statistics(corpus.images[:50], corpus.captions[:50], sample=500)
+    assert small["n_pairs"] == 50
 
 
 def test_cross_modal_statistics_validation(rng):
@@ -201,8 +204,12 @@ def test_other_dims(dim):
 
 def test_concept_names_explicit_and_generated():
     names = ["Golden Retriever", "zorblax", "tabby cat", "arctic fox"]
-    c = make_corpus(400, concept_names=names, seed=2)
+    c = make_corpus(2000, concept_names=names, seed=2, background_fraction=0.0)
     assert c.concept_names == names
+    # the encoder knows the custom names too: each prompt is nearest its own captions
+    protos = c.text_encoder.encode_text([f"a photo of a {n}." for n in names])
+    mean_caps = _unit(np.stack([c.captions[c.labels == j].mean(0) for j in range(len(names))]))
+    np.testing.assert_array_equal(np.argmax(mean_caps @ protos.T, axis=1), np.arange(len(names)))
     with pytest.raises(ValueError, match="same after"):
         make_corpus(10, concept_names=["Tabby Cat", "tabby cat!"])
     with pytest.raises(ValueError, match="empty"):
@@ -283,10 +290,14 @@ def standard_vs_paired(c, nlist, n_queries, nprobes, seed=0, n_train=None):
     trained on the same pairs (all of them, or a seeded sample of ``n_train``), queried with a
     seeded sample of the corpus captions."""
     rng = np.random.default_rng(seed)
-    train = np.arange(c.n_images) if n_train is None else rng.choice(c.n_images, n_train, replace=False)
+    if n_train is None:
+        train = np.arange(c.n_images)
+    else:
+        train = rng.choice(c.n_images, n_train, replace=False)
     queries = c.captions[rng.choice(c.n_images, n_queries, replace=False)]
     std = mudg_fast.KMeans(nlist, seed=seed).fit(c.images[train]).cluster_centers_
-    paired = mudg_fast.PairedKMeans(nlist, seed=seed).fit(c.images[train], c.captions[train]).cluster_centers_
+    paired = mudg_fast.PairedKMeans(nlist, seed=seed).fit(c.images[train], c.captions[train])
+    paired = paired.cluster_centers_
     return (ivf_recall_at_10(c.images, queries, std, nprobes),
             ivf_recall_at_10(c.images, queries, paired, nprobes))
 
@@ -375,12 +386,14 @@ def test_prompt_is_closest_to_its_concepts_captions(corpus):
     c = corpus
     enc = c.text_encoder
     protos = enc.encode_text([f"a photo of a {n}." for n in c.concept_names])
-    mean_caps = _unit(np.stack([c.captions[c.labels == k].mean(0) for k in range(len(c.concept_names))]))
+    k = len(c.concept_names)
+    mean_caps = _unit(np.stack([c.captions[c.labels == j].mean(0) for j in range(k)]))
     nearest = np.argmax(mean_caps @ protos.T, axis=1)
     assert (nearest == np.arange(len(c.concept_names))).mean() >= 0.95
     # modality: prompts sit with the captions, on the far side of the gap from images
     cap_mean, img_mean = c.captions.mean(0), c.images.mean(0)
-    assert (np.linalg.norm(protos - cap_mean, axis=1) < np.linalg.norm(protos - img_mean, axis=1)).all()
+    to_cap = np.linalg.norm(protos - cap_mean, axis=1)
+    assert (to_cap < np.linalg.norm(protos - img_mean, axis=1)).all()
     assert abs(float((protos @ _unit(cap_mean[None])[0]).mean())
                - float((c.captions[:2000] @ _unit(cap_mean[None])[0]).mean())) < 0.1
 
@@ -432,5 +445,6 @@ def test_descriptors_move_prototypes_differently():
     deltas = np.array(deltas)
     assert (deltas < 0).mean() > 0.1 and (deltas > 0).mean() > 0.1
     # compound concepts are confusable with their base concept
-    cp = enc.encode_text(["a photo of a striped tiger.", "a photo of a tiger.", "a photo of a teapot."])
+    cp = enc.encode_text(["a photo of a striped tiger.", "a photo of a tiger.",
+                          "a photo of a teapot."])
     assert cp[0] @ cp[1] > cp[0] @ cp[2]

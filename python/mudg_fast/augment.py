@@ -164,8 +164,8 @@ def load_descriptor_pool(path: str | os.PathLike | None = None) -> list[str]:
             continue
         _validate_descriptor(line, f"{where}, line {lineno}")
         if line in first_line:
-            raise ValueError(f"{where}, line {lineno}: duplicate descriptor {line!r} (first on line "
-                             f"{first_line[line]})")
+            raise ValueError(f"{where}, line {lineno}: duplicate descriptor {line!r} "
+                             f"(first on line {first_line[line]})")
         first_line[line] = lineno
         pool.append(line)
     if not pool:
@@ -212,8 +212,8 @@ def _check_classnames(classnames) -> list[str]:
     for i, c in enumerate(names):
         _check_classname(c)
         if c in seen:
-            raise ValueError(f"duplicate class name {c!r} (positions {seen[c]} and {i}); class names "
-                             "must be distinct")
+            raise ValueError(f"duplicate class name {c!r} (positions {seen[c]} and {i}); "
+                             "class names must be distinct")
         seen[c] = i
     return names
 
@@ -248,8 +248,8 @@ def _encode(encoder, prompts: list[str], dim: int | None) -> np.ndarray:
     if out.dtype.kind not in "fiu" or out.dtype == np.bool_:
         raise TypeError(f"encoder.encode_text returned dtype {out.dtype}; expected a float array")
     if out.ndim != 2 or out.shape[0] != len(prompts) or out.shape[1] == 0:
-        raise ValueError(f"encoder.encode_text returned shape {out.shape} for {len(prompts)} texts; "
-                         "expected (n_texts, dim)")
+        raise ValueError(f"encoder.encode_text returned shape {out.shape} for {len(prompts)} "
+                         "texts; expected (n_texts, dim)")
     if dim is not None and out.shape[1] != dim:
         raise ValueError(f"encoder.encode_text returned {out.shape[1]} dimensions, earlier {dim}")
     out = np.array(out, dtype=np.float32)        # own copy: normalised in place below
@@ -305,7 +305,8 @@ def select_descriptors(encoder, classnames, template: str, pool, m: int, n_group
     from .kmeans import KMeans
 
     if not hasattr(encoder, "encode_text") or not callable(encoder.encode_text):
-        raise TypeError(f"encoder must have an encode_text(list[str]) method, got {type(encoder).__name__}")
+        raise TypeError("encoder must have an encode_text(list[str]) method, "
+                        f"got {type(encoder).__name__}")
     names = _check_classnames(classnames)
     template = get_template(template)
     pool = _check_pool(pool)
@@ -335,8 +336,8 @@ def select_descriptors(encoder, classnames, template: str, pool, m: int, n_group
     n_pool = len(pool)
     if scored.size == 0:
         warnings.warn("no group has two or more classes, so no descriptor can spread classes "
-                      "apart: all scores are 0 and the first m descriptors of the pool are returned",
-                      UserWarning, stacklevel=2)
+                      "apart: all scores are 0 and the first m descriptors of the pool are "
+                      "returned", UserWarning, stacklevel=2)
         scores = np.zeros(n_pool, dtype=np.int64)
         unaug = np.zeros(0)
         aug = np.zeros((n_pool, 0))

@@ -36,7 +36,7 @@ import numbers
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -326,15 +326,16 @@ class SyntheticParams:
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
         if self.domain_weight + self.category_weight > 1.0:
+            total = self.domain_weight + self.category_weight
             raise ValueError("domain_weight + category_weight must be <= 1 (the rest is the "
-                             f"concept's own direction), got {self.domain_weight + self.category_weight}")
+                             f"concept's own direction), got {total}")
         for mod in ("image", "caption"):
             extra = "nuisance" if mod == "image" else "style"
             total = (getattr(self, f"{mod}_semantic") + getattr(self, f"{mod}_semantic_noise")
                      + getattr(self, f"{mod}_{extra}"))
             if total > 1.0 + 1e-12:
-                raise ValueError(f"{mod}_semantic + {mod}_semantic_noise + {mod}_{extra} must be <= 1 "
-                                 f"(the rest is isotropic noise), got {total}")
+                raise ValueError(f"{mod}_semantic + {mod}_semantic_noise + {mod}_{extra} must be "
+                                 f"<= 1 (the rest is isotropic noise), got {total}")
         for name in ("semantic_dim", "nuisance_dim", "style_dim"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
@@ -430,13 +431,14 @@ class _Space:
         self.nuis = slice(2 + ds, 2 + ds + dn)
         self.style = slice(2 + ds + dn, self.r)
         # (k, dim) float32 maps from each modality's local coordinates, for corpus generation
-        self.image_basis32 = np.ascontiguousarray(np.concatenate(
-            [self.basis[:, :2], self.basis[:, self.sem], self.basis[:, self.nuis]], axis=1).T, dtype=np.float32)
-        self.caption_basis32 = np.ascontiguousarray(np.concatenate(
-            [self.basis[:, :2], self.basis[:, self.sem], self.basis[:, self.style]], axis=1).T, dtype=np.float32)
+        b = self.basis
+        image_cols = np.concatenate([b[:, :2], b[:, self.sem], b[:, self.nuis]], axis=1)
+        caption_cols = np.concatenate([b[:, :2], b[:, self.sem], b[:, self.style]], axis=1)
+        self.image_basis32 = np.ascontiguousarray(image_cols.T, dtype=np.float32)
+        self.caption_basis32 = np.ascontiguousarray(caption_cols.T, dtype=np.float32)
         # columns a text embedding uses: u_T, semantic, style (texts have no image nuisance)
         self.text_basis = np.ascontiguousarray(
-            np.concatenate([self.basis[:, :1], self.basis[:, self.sem], self.basis[:, self.style]], axis=1))
+            np.concatenate([b[:, :1], b[:, self.sem], b[:, self.style]], axis=1))
         self.sem_scale = _spectrum(ds, params.semantic_decay)
         self.nuis_scale = _spectrum(dn, params.nuisance_decay)
         self.style_scale = _spectrum(dc, params.style_decay)
@@ -447,7 +449,8 @@ class _Space:
         for dom, cat in _NAME_CATEGORY.values():
             cat_domain[cat] = dom
         self.category_domain = cat_domain
-        self.prompt_register = _unit(_hash_rng(seed, "prompt register").standard_normal(dc) * self.style_scale)
+        reg = _hash_rng(seed, "prompt register").standard_normal(dc)
+        self.prompt_register = _unit(reg * self.style_scale)
         self._concepts: dict[str, np.ndarray] = {}
         self._words: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._signs: dict[str, np.ndarray] = {}
@@ -494,7 +497,8 @@ class _Space:
         p = self.params
         wo = 1.0 - p.domain_weight - p.category_weight
         return _unit(math.sqrt(p.domain_weight) * self.domain_vectors[self.category_domain[cat]]
-                     + math.sqrt(p.category_weight) * self.category_vectors[cat] + math.sqrt(wo) * own)
+                     + math.sqrt(p.category_weight) * self.category_vectors[cat]
+                     + math.sqrt(wo) * own)
 
     # -- text ---------------------------------------------------------------------------------
     def word_vectors(self, word: str) -> tuple[np.ndarray, np.ndarray]:
@@ -510,7 +514,8 @@ class _Space:
         shared = _unit(rng.standard_normal(e))
         inter = _unit(rng.standard_normal(e))
         strength = 0.5 + rng.random()                       # in [0.5, 1.5)
-        angle = 0.5 * math.pi * rng.random() ** WORD_ANGLE_POWER   # 0: all shared, pi/2: all interaction
+        # 0: all shared, pi/2: all interaction
+        angle = 0.5 * math.pi * rng.random() ** WORD_ANGLE_POWER
         w = self.params.prompt_context * strength
         if word in FUNCTION_WORDS:
             w *= self.params.function_word_weight
@@ -576,7 +581,8 @@ class SyntheticTextEncoder:
             parts = k.split()
             by_first.setdefault(parts[0], set()).add(len(parts))
         self._lengths_by_first = {w: tuple(sorted(v, reverse=True)) for w, v in by_first.items()}
-        self._builtin_lengths = tuple(sorted({len(k.split()) for k in _NAME_CATEGORY}, reverse=True))
+        lengths = {len(k.split()) for k in _NAME_CATEGORY}
+        self._builtin_lengths = tuple(sorted(lengths, reverse=True))
         self._modifiers = frozenset(COMPOUND_MODIFIERS)
 
     @property
@@ -597,7 +603,8 @@ class SyntheticTextEncoder:
                 break
         if w in self._modifiers:    # a generated compound "<modifier> <built-in name>" is known too
             for L in self._builtin_lengths:
-                if L + 1 > best and i + 1 + L <= len(words) and " ".join(words[i + 1:i + 1 + L]) in _NAME_CATEGORY:
+                if (L + 1 > best and i + 1 + L <= len(words)
+                        and " ".join(words[i + 1:i + 1 + L]) in _NAME_CATEGORY):
                     return L + 1
         return best
 
@@ -642,7 +649,8 @@ class SyntheticTextEncoder:
         A row depends only on its own text: every per-text sum runs in a fixed order, and the
         final projection runs on fixed-size blocks, so batching and neighbours never change it."""
         if isinstance(texts, str):
-            raise TypeError("encode_text expects a list of strings, got a single str; wrap it in a list")
+            raise TypeError("encode_text expects a list of strings, got a single str; "
+                            "wrap it in a list")
         texts = list(texts)
         batch_size = _check_int(batch_size, "batch_size", minimum=1)
         sp = self._space
@@ -700,13 +708,14 @@ class SyntheticTextEncoder:
         return out
 
     def __repr__(self):
-        return f"SyntheticTextEncoder(dim={self.dim}, seed={self.seed}, vocabulary={len(self._vocab)})"
+        return (f"SyntheticTextEncoder(dim={self.dim}, seed={self.seed}, "
+                f"vocabulary={len(self._vocab)})")
 
 
 # ---------------------------------------------------------------------------------------------
 # Corpus
 # ---------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)
 class SyntheticCorpus:
     """A generated image/caption corpus.
 
@@ -720,6 +729,7 @@ class SyntheticCorpus:
     text_encoder : SyntheticTextEncoder consistent with this corpus.
     params : SyntheticParams used.
     seed : int.
+    background_fraction : the requested expected share of label -1.
     """
 
     images: np.ndarray
@@ -730,7 +740,6 @@ class SyntheticCorpus:
     params: SyntheticParams
     seed: int
     background_fraction: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -742,7 +751,8 @@ class SyntheticCorpus:
 
     def __repr__(self):
         return (f"SyntheticCorpus(n_images={self.n_images}, dim={self.dim}, "
-                f"n_concepts={len(self.concept_names)}, background_fraction={self.background_fraction}, "
+                f"n_concepts={len(self.concept_names)}, "
+                f"background_fraction={self.background_fraction}, "
                 f"seed={self.seed}, model={self.params.model!r})")
 
 
@@ -792,7 +802,8 @@ def _choose_names(n_concepts, concept_names, seed) -> list[str]:
     n_concepts = _check_int(100 if n_concepts is None else n_concepts, "n_concepts", minimum=1)
     vocab = concept_vocabulary()
     if n_concepts <= len(vocab):
-        pick = np.sort(_hash_rng(seed, "concept choice").choice(len(vocab), n_concepts, replace=False))
+        rng = _hash_rng(seed, "concept choice")
+        pick = np.sort(rng.choice(len(vocab), n_concepts, replace=False))
         return [vocab[i] for i in pick]
     compounds = _compound_names(seed)
     limit = len(vocab) + len(compounds)
@@ -807,8 +818,8 @@ CHUNK_ROWS = 32768
 
 def make_corpus(n_images: int, *, n_concepts: int | None = None, concept_names=None,
                 dim: int = 512, background_fraction: float = 0.5, concept_imbalance: float = 0.0,
-                seed: int = 0, params: SyntheticParams | None = None, num_threads: int | None = None,
-                **stats) -> SyntheticCorpus:
+                seed: int = 0, params: SyntheticParams | None = None,
+                num_threads: int | None = None, **stats) -> SyntheticCorpus:
     """Generates ``n_images`` image/caption pairs with named concepts and a CLIP-like modality gap.
 
     Parameters
@@ -858,7 +869,8 @@ def make_corpus(n_images: int, *, n_concepts: int | None = None, concept_names=N
         raise ValueError(f"background_fraction must be in [0, 1), got {background_fraction!r}")
     imb = float(concept_imbalance)
     if not (math.isfinite(imb) and imb >= 0):
-        raise ValueError(f"concept_imbalance must be a finite number >= 0, got {concept_imbalance!r}")
+        raise ValueError("concept_imbalance must be a finite number >= 0, "
+                         f"got {concept_imbalance!r}")
     names = _choose_names(n_concepts, concept_names, seed)
     encoder = SyntheticTextEncoder(seed=seed, dim=dim, params=params, concept_names=names)
     sp = encoder._space
@@ -867,7 +879,8 @@ def make_corpus(n_images: int, *, n_concepts: int | None = None, concept_names=N
 
     w = (np.arange(n_c, dtype=np.float64) + 1.0) ** -imb
     probs = np.append((1.0 - bf) * w / w.sum(), bf)
-    labels = np.random.default_rng([seed, 0]).choice(n_c + 1, size=n_images, p=probs).astype(np.int64)
+    labels = np.random.default_rng([seed, 0]).choice(n_c + 1, size=n_images, p=probs)
+    labels = labels.astype(np.int64)
     labels[labels == n_c] = -1
 
     images = np.empty((n_images, dim), dtype=np.float32)
@@ -940,16 +953,19 @@ def _fill_chunk(sp: _Space, rng, y, concepts, out_img, out_cap):
         if not image and p.alignment_spread > 0 and not offset:
             # the caption describes only part of its image; the rest of it is about something
             # else plausible (another thing of the hierarchy, with its own detail)
-            kap = np.clip(1.0 - 2.0 * p.alignment_spread * rng.random((m, 1), dtype=np.float32), 0.0, 1.0)
+            u = rng.random((m, 1), dtype=np.float32)
+            kap = np.clip(1.0 - 2.0 * p.alignment_spread * u, 0.0, 1.0)
             other = (rho * sp.background_vectors(rng, m).astype(np.float32)
                      + math.sqrt(1.0 - rho * rho) * _gauss(rng, (m, sp.ds), sp.sem_scale))
             sm = kap * s + np.sqrt(1.0 - kap * kap) * other
-        local[:, sem] = math.sqrt(v * f_s) * sm + math.sqrt(v * f_n) * _gauss(rng, (m, sp.ds), sp.sem_scale)
+        noise = _gauss(rng, (m, sp.ds), sp.sem_scale)
+        local[:, sem] = math.sqrt(v * f_s) * sm + math.sqrt(v * f_n) * noise
         if f_x > 0:
             local[:, 2 + sp.ds:] = math.sqrt(v * f_x) * _gauss(rng, (m, extra_dim), extra_scale)
         np.matmul(local, sp.image_basis32 if image else sp.caption_basis32, out=out)
         if f_iso > 0:
-            out += math.sqrt(v * f_iso / sp.dim) * rng.standard_normal((m, sp.dim), dtype=np.float32)
+            iso = rng.standard_normal((m, sp.dim), dtype=np.float32)
+            out += math.sqrt(v * f_iso / sp.dim) * iso
         out /= np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -1033,7 +1049,8 @@ def cross_modal_statistics(images, captions, *, sample: int | None = 500, seed: 
     else:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
     if idx.size > 20000:
-        raise ValueError(f"{idx.size} pairs would need a {idx.size}^2 similarity matrix; pass sample<=20000")
+        raise ValueError(f"{idx.size} pairs would need a {idx.size}^2 similarity matrix; "
+                         "pass sample<=20000")
     x = images[idx].astype(np.float64)
     p = captions[idx].astype(np.float64)
     m = idx.size
