@@ -7,7 +7,7 @@ are imported lazily, so ``import mudg_fast`` never imports torch.
 
 from __future__ import annotations
 
-from . import _core, datasets
+from . import _core, augment, datasets, synthetic
 from .build import build_index
 from .index import IVFIndex
 from .kmeans import KMeans, PairedKMeans, kmeans, paired_kmeans
@@ -46,7 +46,7 @@ _LAZY = {
     "finetune": ("mudg_fast.train", "finetune"),
     "build_training_set": ("mudg_fast.pipeline", "build_training_set"),
 }
-_LAZY_MODULES = ("clip", "train", "evaluation", "augment", "synthetic", "pipeline", "retrieve", "select")
+_LAZY_MODULES = ("clip", "train", "evaluation", "pipeline", "retrieve", "select")
 
 
 def __getattr__(name):

@@ -1,4 +1,5 @@
-"""Built-in data: the COCO-500 real CLIP embeddings and synthetic generators."""
+"""Built-in data: the COCO-500 real CLIP embeddings and seeded benchmark vectors. The generated
+multimodal corpus with named concepts lives in :mod:`mudg_fast.synthetic`."""
 
 from __future__ import annotations
 
