@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from test_select import reference_votes
 
 import mudg_fast
 from mudg_fast.pipeline import (build_training_set, check_classnames, retrieve_candidates, select_training_set,
@@ -55,18 +56,6 @@ def world():
     index = mudg_fast.IVFIndex(DIM, 16).train(x, seed=0)
     index.add(x)
     return x, truth, names, AnchorEncoder(anchors), index
-
-
-def reference_votes(ids, K):
-    votes = {}
-    m, C, _ = ids.shape
-    for a in range(m):
-        for c in range(C):
-            for r in range(K):
-                if ids[a, c, r] >= 0:
-                    d = votes.setdefault(int(ids[a, c, r]), {})
-                    d[c] = d.get(c, 0) + K - r
-    return votes
 
 
 def test_retrieval_matches_a_plain_composition(world):

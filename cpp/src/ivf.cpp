@@ -136,7 +136,8 @@ void AlignedBuffer::resize(std::size_t n) {
         data_ = static_cast<std::uint8_t*>(p);
         capacity_ = cap;
     }
-    std::memset(data_ + size_, 0, n - size_);
+    // Bytes past size_ of a mapped buffer were never written: still the kernel's zero pages.
+    if (!mapped_) std::memset(data_ + size_, 0, n - size_);
     size_ = n;
 }
 
@@ -350,6 +351,10 @@ void IvfIndex::append(List& list, MatrixView<const float> x, const idx_t* rows, 
     for (; i < m && pos % kBlock != 0; ++i, ++pos)  // fill the open block slot by slot
         encode_slot(x.row(rows[i]), block_at(pos), static_cast<int>(pos % kBlock));
     for (; m - i >= kBlock; i += kBlock, pos += kBlock) {  // whole blocks: transpose, then encode
+        if (codec_ == Codec::f32) {  // f32 blocks are the transposed rows themselves
+            kernels().pack_blocks_f32(x.data, x.stride, rows + i, kBlock, d, reinterpret_cast<float*>(block_at(pos)));
+            continue;
+        }
         kernels().pack_blocks_f32(x.data, x.stride, rows + i, kBlock, d, scratch);
         encode_block(scratch, block_at(pos));
     }

@@ -60,13 +60,6 @@ struct Isa {
 #include "pack_impl.hpp"
 #include "i8_impl.hpp"
 
-void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
-    idx_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    for (; i < n; ++i) dst[i] = float_to_half(src[i]);
-}
 
 const Kernels kTable = {SimdLevel::avx2, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
                           true, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row};

@@ -1,4 +1,4 @@
-// Block packing with AVX2 8x8 transposes. Included by avx2.cpp and avx512.cpp inside their
+// Block packing with AVX2 8x8 transposes, and F16C conversion. Included by avx2.cpp and avx512.cpp inside their
 // anonymous namespaces (see tile_impl.hpp for why).
 
 inline void transpose8(const float* const* rows, idx_t k, float* out /* 8 rows of stride 16 */) {
@@ -47,4 +47,12 @@ void k_pack_blocks_f32(const float* src, idx_t stride, const idx_t* ids, idx_t n
                 for (int j = 0; j < kBlock; ++j) blk[k * kBlock + j] = j < rows ? rp[j][k] : 0.0f;
         }
     }
+}
+
+void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
+    idx_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; ++i) dst[i] = float_to_half(src[i]);
 }
