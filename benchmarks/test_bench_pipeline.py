@@ -80,7 +80,7 @@ def test_retrieval_to_selection(benchmark, recorder, setup):
     def ours_post(scores, ids):
         comb = combine_retrievals(ids.reshape(shape), scores.reshape(shape), seed=SEED, return_details=True,
                                   num_threads=THREADS)
-        emb = xb[comb.ids]
+        emb = mudg_fast._core.gather_rows(xb, comb.ids, THREADS)  # what select_training_set does
         sim = similarity_to_prototypes(emb, comb.labels, prototypes, num_threads=THREADS)
         kept = np.flatnonzero(sim > THRESHOLD)
         sel = kept[select_by_clustering(emb[kept], comb.labels[kept], K_PER_CLASS, seed=SEED, num_threads=THREADS)]

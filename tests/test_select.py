@@ -133,3 +133,11 @@ def test_select_bad_input(rng):
         select_by_clustering(x, np.full(10, -1), 2)
     with pytest.raises(TypeError):
         select_by_clustering(x, np.zeros(10), 2)
+
+
+def test_gather_rows_matches_fancy_indexing(rng):
+    x = rng.standard_normal((1000, 13)).astype(np.float32)
+    ids = rng.integers(0, 1000, 5000)
+    np.testing.assert_array_equal(mudg_fast._core.gather_rows(x, ids, 0), x[ids])
+    with pytest.raises(ValueError, match="out of range"):
+        mudg_fast._core.gather_rows(x, np.array([1000]), 0)

@@ -153,6 +153,11 @@ def _fetch(embeddings, ids, dim):
         emb = embeddings(ids)
     elif hasattr(embeddings, "reconstruct"):
         emb = embeddings.reconstruct(ids)
+    elif (isinstance(embeddings, np.ndarray) and embeddings.dtype == np.float32 and embeddings.ndim == 2
+          and embeddings.flags.c_contiguous):
+        from . import _core  # parallel row copies (also from memory maps)
+
+        emb = _core.gather_rows(embeddings, np.ascontiguousarray(ids, dtype=np.int64), 0)
     else:
         emb = embeddings[ids]
     emb = np.asarray(emb, dtype=np.float32)
