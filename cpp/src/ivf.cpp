@@ -270,13 +270,7 @@ void IvfIndex::encode_block(const float* blk, std::uint8_t* out) const {
             }
             break;
         case Codec::sq4:
-            for (idx_t k = 0; k < d; ++k) {
-                const float* m = sq4_mid_.data() + k * 15;
-                for (int j = 0; j < 8; ++j) {
-                    const int lo = sq4_code(blk[k * kBlock + j], m), hi = sq4_code(blk[k * kBlock + j + 8], m);
-                    out[k * 8 + j] = static_cast<std::uint8_t>(lo | (hi << 4));
-                }
-            }
+            kernels().encode_sq4(blk, d, sq4_mid_.data(), out);
             break;
     }
 }

@@ -100,6 +100,9 @@ struct Kernels {
     /// Returns a, and upper bounds of a|q|, |x - a q| and |x| in stats[0..3).
     void (*quantize_row)(const float* x, idx_t d, int lim, int offset, std::uint8_t* out, idx_t stride, float* a,
                          double* stats);
+    /// SQ4 codes of one f32 block [d][16]: code = #{j : v > mids[k * 15 + j]} (mids sorted);
+    /// out[k * 8 + j] = code(v[k][j]) | code(v[k][j + 8]) << 4.
+    void (*encode_sq4)(const float* blk, idx_t d, const float* mids, std::uint8_t* out);
 };
 
 /// Rows per u8 panel of the int8 screening kernels (all levels).

@@ -57,7 +57,7 @@ struct Isa {
 
 
 const Kernels kTable = {SimdLevel::avx512, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row};
+                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 

@@ -56,3 +56,19 @@ void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     for (; i < n; ++i) dst[i] = float_to_half(src[i]);
 }
+
+void k_encode_sq4(const float* blk, idx_t d, const float* mids, std::uint8_t* out) {
+    for (idx_t k = 0; k < d; ++k) {
+        const __m256 v0 = _mm256_loadu_ps(blk + k * 16), v1 = _mm256_loadu_ps(blk + k * 16 + 8);
+        __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
+        const float* m = mids + k * 15;
+        for (int j = 0; j < 15; ++j) {  // count the midpoints strictly below each value
+            const __m256 mj = _mm256_set1_ps(m[j]);
+            c0 = _mm256_sub_epi32(c0, _mm256_castps_si256(_mm256_cmp_ps(v0, mj, _CMP_GT_OQ)));
+            c1 = _mm256_sub_epi32(c1, _mm256_castps_si256(_mm256_cmp_ps(v1, mj, _CMP_GT_OQ)));
+        }
+        const __m256i b = _mm256_or_si256(c0, _mm256_slli_epi32(c1, 4));  // 0..255 per lane
+        const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + k * 8), _mm_packus_epi16(w16, w16));
+    }
+}

@@ -136,8 +136,22 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
     stats[2] = std::sqrt(x2) * (1.0 + 1e-9);
 }
 
+void k_encode_sq4(const float* blk, idx_t d, const float* mids, std::uint8_t* out) {
+    for (idx_t k = 0; k < d; ++k) {
+        const float* m = mids + k * 15;
+        for (int j = 0; j < 8; ++j) {
+            int lo = 0, hi = 0;
+            for (int t = 0; t < 15; ++t) {
+                lo += blk[k * kBlock + j] > m[t];
+                hi += blk[k * kBlock + j + 8] > m[t];
+            }
+            out[k * 8 + j] = static_cast<std::uint8_t>(lo | (hi << 4));
+        }
+    }
+}
+
 const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row};
+                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 
