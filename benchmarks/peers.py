@@ -110,7 +110,7 @@ def task_faiss_ivf(p):
             xq = _load(qpath)
             for nprobe in nprobes:
                 index.nprobe = nprobe
-                t, (D, I) = _times(lambda: index.search(xq, k), rounds)
+                t, (D, I) = _times(lambda index=index, xq=xq, k=k: index.search(xq, k), rounds)
                 entry = {"times": t}
                 if name == "q1000":
                     entry["recall"] = recall(I)

@@ -1,14 +1,12 @@
 """IVFIndex: exactness against knn, list-major == per-query, codecs, persistence, merge."""
 
 import json
-import os
-import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import available_simd_levels, unit_rows
+from conftest import available_simd_levels
 from make_golden import build as build_golden
 from make_golden import golden_inputs
 

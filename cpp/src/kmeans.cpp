@@ -195,7 +195,6 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
     std::vector<idx_t> lab(nt_pts, -1), prev(nt_pts, -1);
     std::vector<float> score(nt_pts);
     std::vector<idx_t> counts(k), offsets(k + 1), order(nt_pts);
-    std::vector<double> sums;
     bool converged = false;
 
     auto assign_step = [&](const idx_t* rows, idx_t count, idx_t* out_lab, float* out_score) {

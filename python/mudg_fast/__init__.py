@@ -18,6 +18,9 @@ __version__ = _core.__version__
 
 __all__ = [
     "__version__",
+    "augment",
+    "datasets",
+    "synthetic",
     "IVFIndex",
     "KMeans",
     "PairedKMeans",

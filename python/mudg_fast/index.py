@@ -113,7 +113,6 @@ class IVFIndex:
         self.metric = metric
         self.num_threads = num_threads
         self._ix = _core.IvfIndex(int(dim), int(nlist), codec)
-        self._source = None  # memory map or other object the native index points into
 
     @classmethod
     def _wrap(cls, native, num_threads=None):
@@ -121,7 +120,6 @@ class IVFIndex:
         self.metric = "ip"
         self.num_threads = num_threads
         self._ix = native
-        self._source = None
         return self
 
     # -- properties -------------------------------------------------------------------------------
