@@ -1,6 +1,9 @@
 // PYBIND11_MODULE(_core): version, SIMD control, exception mapping, interrupt hook.
 #include <cmath>
+#include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <vector>
 
 #include "common.hpp"
 #include "mudg_fast/parallel.hpp"
@@ -22,34 +25,62 @@ bool python_interrupt_requested() {
     return PyErr_CheckSignals() != 0;
 }
 
-/// True when no element is NaN or +-inf (bit test on the exponent; parallel, no copies).
-bool all_finite(const py::buffer& buf) {
+/// The largest |x| of a float16/32/64 array, or +inf when it holds NaN or inf. One parallel pass
+/// over the bit patterns: with the sign bit cleared, IEEE floats order like unsigned integers, and
+/// every pattern at or above the exponent-all-ones mask is inf or NaN. The result does not depend
+/// on the thread count (max is exact).
+double max_abs(const py::buffer& buf) {
     const py::buffer_info info = buf.request();
     MUDG_CHECK(info.format == py::format_descriptor<float>::format() || info.format == "e" ||
                    info.format == py::format_descriptor<double>::format(),
-               "all_finite() takes float16, float32 or float64 arrays");
-    const idx_t n = static_cast<idx_t>(info.size);
-    bool ok = true;
-    {
-        py::gil_scoped_release nogil;
-        std::atomic<bool> bad{false};
-        auto scan = [&](auto tag, std::uint64_t mask) {
-            using U = decltype(tag);
-            const U* p = static_cast<const U*>(info.ptr);
-            parallel_for(n, idx_t{1} << 20, 0, [&](idx_t b, idx_t e, int) {
-                if (bad.load(std::memory_order_relaxed)) return;
-                U any = 0;
-                for (idx_t i = b; i < e; ++i) any |= static_cast<U>(((p[i] & mask) == mask));
-                if (any) bad.store(true);
-            });
-        };
-        if (info.itemsize == 4) scan(std::uint32_t{}, 0x7F800000u);
-        else if (info.itemsize == 2) scan(std::uint16_t{}, 0x7C00u);
-        else scan(std::uint64_t{}, 0x7FF0000000000000ull);
-        ok = !bad.load();
+               "max_abs() takes float16, float32 or float64 arrays");
+    bool contiguous = true;
+    for (py::ssize_t i = info.ndim - 1, step = info.itemsize; i >= 0; --i) {
+        if (info.shape[i] > 1 && info.strides[i] != step) contiguous = false;
+        step *= info.shape[i];
     }
-    return ok;
+    MUDG_CHECK(contiguous, "max_abs() takes C-contiguous arrays");
+    const idx_t n = static_cast<idx_t>(info.size);
+    py::gil_scoped_release nogil;
+    auto scan = [&](auto tag, std::uint64_t abs_mask, std::uint64_t inf_bits) -> std::uint64_t {
+        using U = decltype(tag);
+        const U* p = static_cast<const U*>(info.ptr);
+        constexpr idx_t kChunk = idx_t{1} << 20;
+        std::vector<std::uint64_t> part(static_cast<std::size_t>((n + kChunk - 1) / kChunk), 0);
+        std::atomic<bool> bad{false};
+        parallel_for(n, kChunk, 0, [&](idx_t b, idx_t e, int) {
+            if (bad.load(std::memory_order_relaxed)) return;
+            U m = 0;
+            for (idx_t i = b; i < e; ++i) m = std::max<U>(m, static_cast<U>(p[i] & abs_mask));
+            part[static_cast<std::size_t>(b / kChunk)] = m;
+            if (m >= inf_bits) bad.store(true);
+        });
+        if (bad.load()) return inf_bits;
+        std::uint64_t m = 0;
+        for (std::uint64_t v : part) m = std::max(m, v);
+        return m;
+    };
+    if (info.itemsize == 4) {
+        const std::uint64_t m = scan(std::uint32_t{}, 0x7FFFFFFFu, 0x7F800000u);
+        float f;
+        const auto bits = static_cast<std::uint32_t>(m);
+        std::memcpy(&f, &bits, sizeof f);
+        return f;
+    }
+    if (info.itemsize == 2) {
+        const std::uint64_t m = scan(std::uint16_t{}, 0x7FFFu, 0x7C00u);
+        if (m >= 0x7C00u) return INFINITY;
+        const int exponent = static_cast<int>(m >> 10), mantissa = static_cast<int>(m & 0x3FF);
+        return exponent ? std::ldexp(1.0 + mantissa / 1024.0, exponent - 15) : std::ldexp(mantissa, -24);
+    }
+    const std::uint64_t m = scan(std::uint64_t{}, 0x7FFFFFFFFFFFFFFFull, 0x7FF0000000000000ull);
+    double f;
+    std::memcpy(&f, &m, sizeof f);
+    return f;
 }
+
+/// True when no element is NaN or +-inf.
+bool all_finite(const py::buffer& buf) { return std::isfinite(max_abs(buf)); }
 
 }  // namespace
 
@@ -83,6 +114,8 @@ PYBIND11_MODULE(_core, m) {
           "int8 screening of exact searches: -1 the SIMD level's default, 0 off, 1 on (tests).");
     m.def("screening_mode", &screening_mode);
     m.def("all_finite", &all_finite, py::arg("array"), "True when the array holds no NaN or inf.");
+    m.def("max_abs", &max_abs, py::arg("array"),
+          "Largest absolute value of a C-contiguous float array; inf when it holds NaN or inf.");
 #ifdef MUDG_WITH_OPENMP
     m.attr("openmp") = true;
 #else

@@ -146,6 +146,7 @@ void AlignedBuffer::resize(std::size_t n) {
 
 IvfIndex::IvfIndex(idx_t dim, idx_t nlist, Codec codec) : dim_(dim), nlist_(nlist), codec_(codec) {
     MUDG_CHECK(dim >= 1, "dim must be >= 1, got %lld", (long long)dim);
+    MUDG_CHECK(dim <= kMaxDim, "dim %lld is too large (at most %lld)", (long long)dim, (long long)kMaxDim);
     MUDG_CHECK(nlist >= 1, "nlist must be >= 1, got %lld", (long long)nlist);
     MUDG_CHECK(nlist <= (idx_t{1} << 31), "nlist %lld is too large", (long long)nlist);
     lists_.resize(static_cast<std::size_t>(nlist));
@@ -167,14 +168,25 @@ void IvfIndex::set_codec_params(std::vector<float> a, std::vector<float> b) {
     if (codec_ == Codec::sq8) {
         MUDG_CHECK(static_cast<idx_t>(a.size()) == d && static_cast<idx_t>(b.size()) == d,
                    "SQ8 parameters must be two arrays of %lld values", (long long)d);
-        for (idx_t k = 0; k < d; ++k)
-            MUDG_CHECK(std::isfinite(a[k]) && std::isfinite(b[k]) && b[k] > 0, "invalid SQ8 parameters");
+        // Decoded values must stay within the magnitude every float32 input is held to, so that
+        // scores against them cannot overflow.
+        const double limit = magnitude_limit(d);
+        for (idx_t k = 0; k < d; ++k) {
+            MUDG_CHECK(std::isfinite(a[k]) && std::isfinite(b[k]) && b[k] > 0,
+                       "invalid SQ8 parameters for dimension %lld: vmin=%g, step=%g (need finite, step > 0)",
+                       (long long)k, (double)a[k], (double)b[k]);
+            const double top = static_cast<double>(a[k]) + 255.0 * b[k];
+            MUDG_CHECK(std::fabs(a[k]) <= limit && std::fabs(top) <= limit,
+                       "SQ8 parameters for dimension %lld decode to values beyond +-%g", (long long)k, limit);
+        }
     } else if (codec_ == Codec::sq4) {
         MUDG_CHECK(static_cast<idx_t>(a.size()) == d * 16, "SQ4 parameters must hold %lld levels",
                    (long long)(d * 16));
         for (idx_t k = 0; k < d; ++k)
             for (int j = 0; j < 16; ++j) {
-                MUDG_CHECK(std::isfinite(a[k * 16 + j]), "invalid SQ4 levels");
+                MUDG_CHECK(std::isfinite(a[k * 16 + j]) && std::fabs(a[k * 16 + j]) <= magnitude_limit(d),
+                           "invalid SQ4 level %g for dimension %lld (need finite, within +-%g)",
+                           (double)a[k * 16 + j], (long long)k, magnitude_limit(d));
                 MUDG_CHECK(j == 0 || a[k * 16 + j] >= a[k * 16 + j - 1], "SQ4 levels must be sorted");
             }
         sq4_mid_.assign(static_cast<std::size_t>(d * 15), 0.0f);

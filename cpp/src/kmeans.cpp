@@ -202,6 +202,11 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
         if (!p.spherical) bias = l2_bias(c.data(), k, d);
         nearest(MatrixView<const float>(c.data(), k, d), data.assign, out_score, out_lab, nt,
                 p.spherical ? nullptr : bias.data(), rows, count);
+        // Finite inputs always have a nearest centroid; a score that overflowed to inf or NaN
+        // does not, and an unassigned point must never index the centroid arrays.
+        for (idx_t i = 0; i < count; ++i)
+            MUDG_CHECK(out_lab[i] >= 0, "k-means assignment found no nearest centroid for point %lld: its "
+                       "scores are not finite (inputs too large in magnitude?)", (long long)i);
     };
 
     for (int it = 0; it < p.max_iter; ++it) {

@@ -17,6 +17,7 @@ __all__ = ["IVFIndex", "CODECS", "atomic_write"]
 
 CODECS = ("f32", "f16", "sq8", "sq4")
 _CODEC_TRAIN_SAMPLE = 65536
+MAX_DIM = 1 << 20  # the core's kMaxDim
 
 
 def atomic_write(path, write, *, suffix=".tmp"):
@@ -103,9 +104,9 @@ class IVFIndex:
 
     def __init__(self, dim: int, nlist: int, *, codec: str = "f32", metric: str = "ip",
                  num_threads: int | None = None):
-        for name, v in (("dim", dim), ("nlist", nlist)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name, v, top in (("dim", dim, MAX_DIM), ("nlist", nlist, 2**31)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or not 1 <= v <= top:
+                raise ValueError(f"{name} must be an integer in [1, {top}], got {v!r}")
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
         if metric != "ip":
@@ -211,8 +212,13 @@ class IVFIndex:
         """Installs quantiser parameters (as returned by codec_params) instead of training them,
         e.g. to give several shards of one collection the same codec before merging."""
         self._check_empty("set_codec_params()")
-        self._ix.set_codec_params(np.ascontiguousarray(a, dtype=np.float32).reshape(-1),
-                                  np.ascontiguousarray(b, dtype=np.float32).reshape(-1))
+        def vector(v, name):
+            v = np.asarray(v)
+            if v.dtype.kind not in "fiu" or v.dtype == np.bool_:
+                raise TypeError(f"codec parameter {name} must be a numeric array, got dtype {v.dtype}")
+            return np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+
+        self._ix.set_codec_params(vector(a, "a"), vector(b, "b"))
         return self
 
     def train_codec(self, x, *, seed: int = 0) -> "IVFIndex":
@@ -234,6 +240,8 @@ class IVFIndex:
         x = as_matrix(x, name="x", dim=self.dim, allow_empty=True)
         if ids is not None:
             ids = as_ids(ids, x.shape[0])
+            if ids.size and ids.min() < 0:
+                raise ValueError(f"ids must be non-negative (-1 marks an empty result slot), got {ids.min()}")
         self._ix.add(x, ids, resolve_threads(self.num_threads), progress)
         return self
 
@@ -275,6 +283,10 @@ class IVFIndex:
 
     def list_ids(self, list_no: int) -> np.ndarray:
         """int64 ids stored in one list, in storage order."""
+        if isinstance(list_no, (bool, np.bool_)) or not isinstance(list_no, numbers.Integral):
+            raise TypeError(f"list_no must be an integer, got {type(list_no).__name__}")
+        if not 0 <= list_no < self.nlist:
+            raise ValueError(f"list_no {list_no} is out of range [0, {self.nlist})")
         return self._ix.list_ids(int(list_no))
 
     def memory_bytes(self) -> int:

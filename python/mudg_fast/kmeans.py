@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from . import _core
-from ._arrays import as_matrix, resolve_threads
+from ._arrays import INT32_MAX, as_matrix, resolve_threads
 from .search import knn
 
 __all__ = ["KMeans", "PairedKMeans", "kmeans", "paired_kmeans"]
@@ -57,14 +57,15 @@ class KMeans:
     # -- parameters ---------------------------------------------------------------------------
     def _check_params(self, n: int, d: int):
         k = self.n_clusters
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
             raise TypeError(f"n_clusters must be an integer, got {type(k).__name__}")
         if k < 1:
             raise ValueError(f"n_clusters must be >= 1, got {k}")
         if k > n:
             raise ValueError(f"n_clusters={k} is larger than the number of samples ({n}); use at most {n}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        mi = self.max_iter
+        if isinstance(mi, (bool, np.bool_)) or not isinstance(mi, numbers.Integral) or not 1 <= mi <= INT32_MAX:
+            raise ValueError(f"max_iter must be an integer in [1, {INT32_MAX}], got {mi!r}")
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -81,6 +82,8 @@ class KMeans:
             if init_centroids.shape[0] != k:
                 raise ValueError(f"init has {init_centroids.shape[0]} rows but n_clusters is {k}")
             init = "given"
+        if mppc is not None and int(mppc) * int(k) >= n:  # the sample would be every point
+            mppc = None
         return int(k), init, init_centroids, int(seed) & 0xFFFFFFFFFFFFFFFF, int(mppc or 0)
 
     def _run(self, assign, assign_ids, update):

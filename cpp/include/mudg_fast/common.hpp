@@ -1,6 +1,7 @@
 // Basic types shared by the whole core: idx_t, MatrixView, Error and the two check macros.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +27,16 @@ struct MatrixView {
     T* row(idx_t i) const noexcept { return data + i * stride; }
     bool empty() const noexcept { return rows == 0 || cols == 0; }
 };
+
+/// Largest vector dimension the index accepts (CLIP and most embedding models stay below 4096).
+inline constexpr idx_t kMaxDim = idx_t{1} << 20;
+
+/// Largest |value| a d-dimensional input may hold: at this bound every inner product of two
+/// inputs (<= d * limit^2) and every squared distance (<= 4 d limit^2) stays below FLT_MAX.
+/// mudg_fast._arrays.magnitude_limit is the same formula.
+inline double magnitude_limit(idx_t d) {
+    return std::sqrt(3.4028234663852886e38 / (4.0 * static_cast<double>(d < 1 ? 1 : d)));
+}
 
 /// A wrong call from a user: bad shapes, bad parameters, corrupt files. Maps to ValueError.
 class Error : public std::runtime_error {
