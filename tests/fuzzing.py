@@ -19,7 +19,7 @@ import collections
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 PROFILE = os.environ.get("MUDG_FUZZ", "ci")
@@ -35,7 +35,10 @@ settings.register_profile(
     "mudg-deep", deadline=None, derandomize=False, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much])
-settings.load_profile(f"mudg-{PROFILE}")
+settings.register_profile(  # local debugging: MUDG_FUZZ_SHRINK=0 reports the first failure as is
+    "mudg-noshrink", parent=settings.get_profile(f"mudg-{PROFILE}"),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate])
+settings.load_profile("mudg-noshrink" if os.environ.get("MUDG_FUZZ_SHRINK") == "0" else f"mudg-{PROFILE}")
 
 # Exceptions a caller can be expected to handle: bad arguments are TypeError / ValueError (and
 # their subclasses, such as mudg_fast's own errors); files that are missing are OSError.
