@@ -329,11 +329,17 @@ def test_progress_callback_and_interrupting_it(corpus):
     def stop(done, total):
         raise RuntimeError("stop here")
 
-    j = IVFIndex(40, 16).set_centroids(ix.centroids)
+    j = IVFIndex(40, 16).set_centroids(ix.centroids).add(xb[:100])
+    before = j.search(xb[:20], 5, nprobe=16)
     with pytest.raises(RuntimeError, match="stop here"):
         j.add(np.concatenate([xb] * 12), progress=stop)
-    assert 0 < j.ntotal < 12 * len(xb)  # whole chunks only: the index stays consistent
-    assert j.list_sizes().sum() == j.ntotal
+    # all or nothing: the chunks added before the callback raised are rolled back
+    assert j.ntotal == j.list_sizes().sum() == 100
+    after = j.search(xb[:20], 5, nprobe=16)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])
+    j.add(xb[100:200])
+    assert j.ntotal == 200 and sorted(np.concatenate([j.list_ids(i) for i in range(16)])) == list(range(200))
 
 
 @pytest.mark.parametrize(

@@ -379,6 +379,28 @@ void IvfIndex::add(MatrixView<const float> x, const idx_t* ids, int n_threads, c
     const idx_t n = x.rows;
     if (n == 0) return;
     id_map_valid_ = false;
+    // All or nothing: an exception (Ctrl-C, a failing progress callback, out of memory) rolls
+    // every list back to its size before the call, so a failed add() leaves the index as it was.
+    // Slots past a list's size are never read, so cutting the size back is enough.
+    std::vector<idx_t> size_before(static_cast<std::size_t>(nlist_));
+    for (idx_t l = 0; l < nlist_; ++l) size_before[l] = lists_[l].size;
+    const idx_t ntotal_before = ntotal_;
+    try {
+        add_chunks(x, ids, n_threads, progress);
+    } catch (...) {
+        for (idx_t l = 0; l < nlist_; ++l) {
+            List& list = lists_[l];
+            if (list.size == size_before[l]) continue;
+            list.size = size_before[l];
+            list.ids.resize(static_cast<std::size_t>(size_before[l]));
+        }
+        ntotal_ = ntotal_before;
+        throw;
+    }
+}
+
+void IvfIndex::add_chunks(MatrixView<const float> x, const idx_t* ids, int n_threads, const ProgressFn& progress) {
+    const idx_t n = x.rows;
     const MatrixView<const float> cent(centroids_.data(), nlist_, dim_);
     const int nt = resolve_threads(n_threads);
     std::vector<Scratch> scratch(nt);

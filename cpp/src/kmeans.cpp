@@ -70,7 +70,10 @@ void kmeans_pp_seed(MatrixView<const float> x, idx_t k, std::uint64_t seed, idx_
     for (idx_t i = 0; i < m; ++i) norms[i] = squared_norm(x.row(i), d);
     std::vector<float> panel(packed_rows_size(1, d, K.mr));
     std::vector<float> s(m);
-    constexpr idx_t kChunk = 2048;  // columns per task (multiple of kBlock)
+    // Columns per task (a multiple of kBlock), at least ~2^19 multiply-adds: the k sequential
+    // steps are short, and a parallel region per step costs more than it saves when it is tiny
+    // (on a busy machine a late thread stalls every step by a scheduler quantum).
+    const idx_t kChunk = std::max<idx_t>(2048, ((idx_t{1} << 19) / std::max<idx_t>(d, 1) + kBlock - 1) / kBlock * kBlock);
 
     chosen[0] = static_cast<idx_t>(rng.below(static_cast<std::uint64_t>(m)));
     for (idx_t j = 0;; ++j) {

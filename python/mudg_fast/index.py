@@ -232,7 +232,10 @@ class IVFIndex:
     # -- adding and searching ---------------------------------------------------------------------
     def add(self, x, ids=None, *, progress=None) -> "IVFIndex":
         """Adds vectors (n, dim). ``ids``: int64 (n,), by default ntotal, ntotal+1, ...
-        ``progress``: optional callable(done, total) called from the native loop."""
+        ``progress``: optional callable(done, total) called from the native loop.
+
+        All or nothing: when the call raises (bad input, Ctrl-C, an exception from ``progress``)
+        the index is left exactly as it was before."""
         if not self._ix.has_centroids:
             raise RuntimeError("add() before train(): train the index (or set_centroids) first")
         if not self._ix.codec_trained:

@@ -114,6 +114,7 @@ private:
     };
 
     void make_owned(List& list) const;
+    void add_chunks(MatrixView<const float> x, const idx_t* ids, int n_threads, const ProgressFn& progress);
     void append(List& list, MatrixView<const float> x, const idx_t* rows, idx_t m, const idx_t* new_ids,
                 float* scratch) const;
     void encode_block(const float* block_f32, std::uint8_t* out) const;

@@ -39,6 +39,9 @@ void set_worker_thread(bool worker) noexcept;
 template <class Body>
 void parallel_for(idx_t n, idx_t grain, int n_threads, Body&& body) {
     if (n <= 0) return;
+    // The calling thread polls on entry too: with dynamic scheduling the workers may take every
+    // chunk of a short loop, and a sequence of short loops must still notice Ctrl-C.
+    poll_interrupt();
     grain = std::max<idx_t>(grain, 1);
     const idx_t n_chunks = (n + grain - 1) / grain;
     const int nt = static_cast<int>(std::min<idx_t>(resolve_threads(n_threads), n_chunks));
