@@ -628,11 +628,14 @@ void IvfIndex::build_id_map() const {
     // Stable sort keeps the first stored copy first when ids repeat.
     std::stable_sort(id_map_.begin(), id_map_.end(),
                      [](const auto& a, const auto& b) { return a.first < b.first; });
-    id_map_valid_ = true;
+    id_map_valid_.store(true, std::memory_order_release);
 }
 
 void IvfIndex::reconstruct(const idx_t* ids, idx_t n, float* out) const {
-    if (!id_map_valid_) build_id_map();
+    if (!id_map_valid_.load(std::memory_order_acquire)) {
+        std::lock_guard<std::mutex> lock(id_map_mutex_);
+        if (!id_map_valid_.load(std::memory_order_relaxed)) build_id_map();
+    }
     for (idx_t i = 0; i < n; ++i) {
         auto it = std::lower_bound(id_map_.begin(), id_map_.end(), ids[i],
                                    [](const auto& e, idx_t v) { return e.first < v; });

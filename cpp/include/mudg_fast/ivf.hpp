@@ -1,9 +1,11 @@
 // IvfIndex: an inverted-file index over 16-vector blocks with f32 / f16 / SQ8 / SQ4 codes.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -130,9 +132,11 @@ private:
     std::vector<float> sq4_mid_;       // SQ4 decision thresholds [d][15], derived from levels
     std::vector<List> lists_;
     std::shared_ptr<FileMapping> mapping_;
-    // id -> (list, position), built lazily for reconstruct()
+    // id -> (list, position), built lazily by the first reconstruct(); concurrent readers
+    // (several Python threads) build it once, under the mutex.
     mutable std::vector<std::pair<idx_t, std::int64_t>> id_map_;
-    mutable bool id_map_valid_ = false;
+    mutable std::atomic<bool> id_map_valid_{false};
+    mutable std::mutex id_map_mutex_;
 
     friend struct IvfIo;
 };
