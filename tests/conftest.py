@@ -1,9 +1,8 @@
 import os
 
+import mudg_fast
 import numpy as np
 import pytest
-
-import mudg_fast
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ concurrently, each with its own native worker threads."""
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import mudg_fast
 import numpy as np
 import pytest
-
-import mudg_fast
 from mudg_fast.retrieve import combine_retrievals
 from mudg_fast.select import select_by_clustering
 
@@ -94,10 +93,10 @@ def test_first_reconstruct_from_many_threads_at_once(data):
     for _ in range(5):
         ix = mudg_fast.IVFIndex(40, 16, codec="f32").train(xb[:2000], max_iter=2)
         ix.add(xb, ids=np.arange(len(xb))[::-1] * 2)
-        jobs = [lambda j=j: ix.reconstruct(np.arange(j, 20_000, 13) * 2) for j in range(N_THREADS)]
+        jobs = [lambda j=j, ix=ix: ix.reconstruct(np.arange(j, 20_000, 13) * 2) for j in range(N_THREADS)]
         barrier = threading.Barrier(N_THREADS)
 
-        def first_call(job):
+        def first_call(job, barrier=barrier):
             barrier.wait()
             return job()
 

@@ -8,10 +8,9 @@ and compared with the scalar, single-threaded run.
 
 import hashlib
 
+import mudg_fast
 import numpy as np
 import pytest
-
-import mudg_fast
 from conftest import available_simd_levels
 from mudg_fast.retrieve import combine_retrievals
 from mudg_fast.select import filter_by_similarity, select_by_clustering, similarity_to_prototypes

@@ -5,15 +5,14 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import mudg_fast
+import pytest
 
 
 def run_py(code, env=None, **kw):
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=e, capture_output=True,
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=e, capture_output=True, check=False,
                           text=True, **kw)
 
 

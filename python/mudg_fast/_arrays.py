@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["as_matrix", "as_ids", "check_k", "check_magnitude", "magnitude_limit", "resolve_threads"]
+__all__ = ["as_ids", "as_matrix", "check_k", "check_magnitude", "magnitude_limit", "resolve_threads"]
 
 _FLOAT_KINDS = "fiu"  # float, signed and unsigned integers convert to float32 exactly enough
 

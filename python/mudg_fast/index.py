@@ -13,7 +13,7 @@ from . import _core
 from ._arrays import as_ids, as_matrix, check_k, resolve_threads
 from .kmeans import KMeans, PairedKMeans
 
-__all__ = ["IVFIndex", "CODECS", "atomic_write"]
+__all__ = ["CODECS", "IVFIndex", "atomic_write"]
 
 CODECS = ("f32", "f16", "sq8", "sq4")
 _CODEC_TRAIN_SAMPLE = 65536
@@ -163,7 +163,7 @@ class IVFIndex:
                                "train before adding")
 
     def train(self, x, *, max_iter: int = 20, seed: int = 0, max_points_per_centroid: int = 256,
-              verbose: bool = False) -> "IVFIndex":
+              verbose: bool = False) -> IVFIndex:
         """Spherical k-means centroids on x (a seeded sample of nlist * max_points_per_centroid
         rows when x is larger), and the codec's parameters on a seeded sample of x."""
         self._check_empty("train()")
@@ -178,7 +178,7 @@ class IVFIndex:
         return self
 
     def train_paired(self, images, captions, pairing: str = "nearest", *, max_iter: int = 20, seed: int = 0,
-                     max_points_per_centroid: int = 256, verbose: bool = False) -> "IVFIndex":
+                     max_points_per_centroid: int = 256, verbose: bool = False) -> IVFIndex:
         """Paired k-means centroids in caption space (SPEC §1), so that text queries probe the
         cells that hold their nearest images; the codec is trained on the images."""
         self._check_empty("train_paired()")
@@ -193,7 +193,7 @@ class IVFIndex:
         self.train_codec(images, seed=seed)
         return self
 
-    def set_centroids(self, centroids) -> "IVFIndex":
+    def set_centroids(self, centroids) -> IVFIndex:
         """Use given coarse centroids (nlist, dim). Quantised codecs still need train_codec()."""
         self._check_empty("set_centroids()")
         c = as_matrix(centroids, name="centroids", dim=self.dim)
@@ -208,7 +208,7 @@ class IVFIndex:
         f32 / f16 -> two empty arrays."""
         return self._ix.codec_params()
 
-    def set_codec_params(self, a, b=()) -> "IVFIndex":
+    def set_codec_params(self, a, b=()) -> IVFIndex:
         """Installs quantiser parameters (as returned by codec_params) instead of training them,
         e.g. to give several shards of one collection the same codec before merging."""
         self._check_empty("set_codec_params()")
@@ -221,7 +221,7 @@ class IVFIndex:
         self._ix.set_codec_params(vector(a, "a"), vector(b, "b"))
         return self
 
-    def train_codec(self, x, *, seed: int = 0) -> "IVFIndex":
+    def train_codec(self, x, *, seed: int = 0) -> IVFIndex:
         """Fits the scalar quantiser (sq8/sq4) on a seeded random sample of x; no-op for f32/f16."""
         self._check_empty("train_codec()")
         if self.codec in ("sq8", "sq4"):
@@ -230,7 +230,7 @@ class IVFIndex:
         return self
 
     # -- adding and searching ---------------------------------------------------------------------
-    def add(self, x, ids=None, *, progress=None) -> "IVFIndex":
+    def add(self, x, ids=None, *, progress=None) -> IVFIndex:
         """Adds vectors (n, dim). ``ids``: int64 (n,), by default ntotal, ntotal+1, ...
         ``progress``: optional callable(done, total) called from the native loop.
 
@@ -301,7 +301,7 @@ class IVFIndex:
         atomic_write(path, lambda tmp: self._ix.save(str(tmp)))
 
     @classmethod
-    def load(cls, path, *, mmap: bool = True, verify: bool = True, num_threads: int | None = None) -> "IVFIndex":
+    def load(cls, path, *, mmap: bool = True, verify: bool = True, num_threads: int | None = None) -> IVFIndex:
         """Reads an index written by save(). ``mmap``: list data is paged in from the file on use
         (the file must stay in place). ``verify``: check every checksum (header and directory are
         always checked). Truncated, corrupted or newer-version files raise ValueError."""
@@ -310,7 +310,7 @@ class IVFIndex:
             raise FileNotFoundError(f"no index file at {path!r}")
         return cls._wrap(_core.IvfIndex.load(path, bool(mmap), bool(verify)), num_threads)
 
-    def merge(self, other: "IVFIndex") -> "IVFIndex":
+    def merge(self, other: IVFIndex) -> IVFIndex:
         """Appends all vectors of ``other`` (trained with the same centroids and codec), keeping
         their ids unchanged: give the shards disjoint ids when you add them."""
         if not isinstance(other, IVFIndex):
