@@ -128,6 +128,13 @@ class TrainConfig:
             raise ValueError(f"ctx_init must be a non-empty string or None, got {self.ctx_init!r}")
         if self.precision not in (None, "amp", "fp32"):
             raise ValueError(f"precision must be 'amp', 'fp32' or None, got {self.precision!r}")
+        for name in ("out", "manifest", "webdataset", "image_folder", "cache_dir"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a path (str or os.PathLike) or None, got "
+                                f"{type(v).__name__} {v!r}")
+            if isinstance(v, str) and not v.strip():
+                raise ValueError(f"{name} must be a non-empty path, got {v!r}")
         if self.manifest is not None and self.image_folder is not None:
             raise ValueError("give one data source: manifest=<selection .parquet> or "
                              "image_folder=<root/<class>/<images>>, not both")

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import numbers
 import os
 import random
 import time
@@ -54,6 +55,12 @@ BUNDLE_VERSION = 1
 PROMPT_PARAM = "prompt.ctx"
 
 
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} tensor of shape {tuple(t.shape)}"
+    return type(t).__name__
+
+
 def soft_target_loss(logits: torch.Tensor, labels: torch.Tensor,
                      teacher_probs: torch.Tensor | None, distill_weight: float) -> torch.Tensor:
     """Soft-target cross-entropy, averaged over the batch.
@@ -62,6 +69,25 @@ def soft_target_loss(logits: torch.Tensor, labels: torch.Tensor,
     rows summing to 1 (may be None when ``distill_weight`` is 0). Target
     ``(1 − λ)·onehot(labels) + λ·teacher_probs`` with λ = ``distill_weight``.
     """
+    if not (isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.is_floating_point()):
+        raise ValueError(f"logits must be a float tensor (B, C), got {_describe(logits)}")
+    b, c = logits.shape
+    if b == 0 or c == 0:
+        raise ValueError(f"logits must have at least one row and one class, got shape {(b, c)}")
+    if not (isinstance(labels, torch.Tensor) and labels.shape == (b,) and
+            labels.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)):
+        raise ValueError(f"labels must be an integer tensor of shape ({b},), got {_describe(labels)}")
+    if bool(((labels < 0) | (labels >= c)).any()):
+        raise ValueError(f"labels must lie in [0, {c}), got values from {int(labels.min())} to "
+                         f"{int(labels.max())}")
+    if isinstance(distill_weight, bool) or not isinstance(distill_weight, numbers.Real) or \
+            not 0 <= distill_weight <= 1:
+        raise ValueError(f"distill_weight must be a number in [0, 1], got {distill_weight!r}")
+    if teacher_probs is not None and not (isinstance(teacher_probs, torch.Tensor) and
+                                          teacher_probs.shape == logits.shape):
+        raise ValueError(f"teacher_probs must be a tensor of shape {tuple(logits.shape)}, got "
+                         f"{_describe(teacher_probs)}")
+    labels = labels.long()
     log_p = F.log_softmax(logits.float(), dim=-1)
     nll = -log_p.gather(1, labels[:, None]).squeeze(1)
     if distill_weight == 0:
