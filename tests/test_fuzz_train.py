@@ -8,14 +8,13 @@ import numbers
 
 import numpy as np
 import pytest
+from fuzzing import attempt, examples, raised
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzing import attempt, examples, raised
-
 torch = pytest.importorskip("torch")
-from mudg_fast.train import TrainConfig, finetune, soft_target_loss  # noqa: E402
-from mudg_fast.train.data import BatchPlan  # noqa: E402
+from mudg_fast.train import TrainConfig, finetune, soft_target_loss
+from mudg_fast.train.data import BatchPlan
 
 JUNK = [None, -1, 0, 1, 2, 0.5, 1.0, 1.5, -0.5, float("nan"), float("inf"), True, "x", "", [],
         {}, 10**30, np.int64(3), np.float32(0.25)]
