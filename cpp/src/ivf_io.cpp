@@ -134,39 +134,66 @@ std::uint64_t checksum64(const void* data, std::size_t n, std::uint64_t seed) no
     return h;
 }
 
-/// The whole file, mapped read-only (or read into memory).
+/// The whole file, mapped read-only (or read into memory). Only regular files are accepted: a
+/// directory, FIFO or device is refused before anything is read from it (opening a FIFO without
+/// O_NONBLOCK would wait for a writer forever).
 class FileMapping {
 public:
     FileMapping(const std::string& path, bool use_mmap) : path_(path) {
+        const char* p = path.c_str();
 #ifdef MUDG_HAVE_MMAP
-        const int fd = ::open(path.c_str(), O_RDONLY);
-        MUDG_CHECK(fd >= 0, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
+        const int fd = ::open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        MUDG_CHECK(fd >= 0, "cannot open '%s': %s", p, std::strerror(errno));
         struct stat st;
         if (::fstat(fd, &st) != 0) {
+            const int err = errno;
             ::close(fd);
-            MUDG_CHECK(false, "cannot stat '%s': %s", path.c_str(), std::strerror(errno));
+            MUDG_CHECK(false, "cannot stat '%s': %s", p, std::strerror(err));
+        }
+        if (!S_ISREG(st.st_mode)) {
+            ::close(fd);
+            MUDG_CHECK(false, "'%s' is not a regular file (a directory, pipe or device): not a mudg_fast IVF index file",
+                       p);
         }
         size_ = static_cast<std::size_t>(st.st_size);
         if (use_mmap && size_ > 0) {
-            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+            void* m = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+            const int err = errno;
             ::close(fd);
-            MUDG_CHECK(p != MAP_FAILED, "cannot map '%s': %s", path.c_str(), std::strerror(errno));
-            data_ = static_cast<const std::uint8_t*>(p);
+            MUDG_CHECK(m != MAP_FAILED, "cannot map '%s': %s", p, std::strerror(err));
+            data_ = static_cast<const std::uint8_t*>(m);
             mapped_ = true;
             return;
         }
+        buffer_.resize(size_);
+        std::size_t got = 0;
+        int err = 0;
+        while (got < size_) {  // read() may return less than asked, or be interrupted
+            const ssize_t r = ::read(fd, buffer_.data() + got, size_ - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) err = errno;
+            if (r <= 0) break;
+            got += static_cast<std::size_t>(r);
+        }
         ::close(fd);
-#endif
-        std::FILE* f = std::fopen(path.c_str(), "rb");
-        MUDG_CHECK(f, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
+        MUDG_CHECK(got == size_, "cannot read '%s' (%llu of %llu bytes): %s", p, (unsigned long long)got,
+                   (unsigned long long)size_, err ? std::strerror(err) : "the file shrank while reading");
+#else
+        std::FILE* f = std::fopen(p, "rb");
+        MUDG_CHECK(f, "cannot open '%s': %s", p, std::strerror(errno));
         std::fseek(f, 0, SEEK_END);
         const long len = std::ftell(f);
         std::fseek(f, 0, SEEK_SET);
-        size_ = len > 0 ? static_cast<std::size_t>(len) : 0;
+        if (len < 0) {
+            std::fclose(f);
+            MUDG_CHECK(false, "'%s' is not a regular file: not a mudg_fast IVF index file", p);
+        }
+        size_ = static_cast<std::size_t>(len);
         buffer_.resize(size_);
         const std::size_t got = size_ ? std::fread(buffer_.data(), 1, size_, f) : 0;
         std::fclose(f);
-        MUDG_CHECK(got == size_, "cannot read '%s'", path.c_str());
+        MUDG_CHECK(got == size_, "cannot read '%s'", p);
+#endif
         data_ = buffer_.data();
     }
     ~FileMapping() {
