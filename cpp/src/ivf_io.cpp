@@ -33,6 +33,26 @@
 //
 // checksum64 is an xxHash64-style construction (four 64-bit lanes over 32-byte stripes, then
 // 8-byte words and single bytes, final avalanche), defined by the code below.
+//
+// File safety. Readers accept exactly the layout above: every offset in the header and the
+// directory must equal the one the layout gives for (dim, nlist, codec, list sizes), the list
+// sizes must sum to ntotal, and the file size must match the header and the footer. What is
+// checked on load:
+//   always             magic, header checksum, version and header size, file size, footer (magic
+//                      and size), value ranges (1 <= dim < 2^24, 1 <= nlist < 2^31, codec,
+//                      metric, 0 <= ntotal <= file size / 8), the layout, the meta checksum
+//                      (centroids, codec parameters, directory and the gaps between them),
+//                      finite centroids, valid codec parameters;
+//   only with verify   the list data: code blocks and ids (data checksum) and the zero gaps
+//                      between lists. These are the bulk of the file: verify=false does not
+//                      checksum them, and with mmap does not even read them until used.
+// So verify=true detects a change to any byte of the file (up to checksum collisions, 2^-64).
+// verify=false skips the list data: damage there loads silently and can change search results,
+// reconstructed vectors and ids (NaN scores, ids that were never added), but the index stays
+// safe to search, reconstruct, extend and save, because everything that sizes or locates memory
+// has been checked. A mapped file must not be modified in place while an index uses it (a
+// file shortened underneath a mapping faults on access); save() replaces files by rename, which
+// leaves open mappings intact.
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -297,6 +317,11 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
 }
 
 namespace {
+bool all_zero(const std::uint8_t* p, std::uint64_t n) {
+    for (std::uint64_t i = 0; i < n; ++i)
+        if (p[i]) return false;
+    return true;
+}
 const char* codec_name(std::uint32_t c) {
     static const char* names[] = {"f32", "f16", "sq8", "sq4"};
     return c < 4 ? names[c] : "?";
@@ -336,7 +361,10 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
     // 3. Size and footer: truncated, extended or overwritten tails.
     MUDG_CHECK(h.file_size == size, "'%s' is truncated or damaged: the header says %llu bytes, the file has %llu", p,
                (ull)h.file_size, (ull)size);
-    MUDG_CHECK(std::memcmp(base + size - kFooterSize, kEndMagic, 8) == 0, "'%s' is corrupted (bad footer)", p);
+    std::uint64_t footer_size;
+    std::memcpy(&footer_size, base + size - 8, 8);
+    MUDG_CHECK(std::memcmp(base + size - kFooterSize, kEndMagic, 8) == 0 && footer_size == size,
+               "'%s' is corrupted (bad footer)", p);
 
     // 4. Header values in range: dim < 2^24, nlist < 2^31 and ntotal <= size / 8 keep every
     //    product below (at most 2^60) exact.
@@ -389,6 +417,7 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
     std::vector<std::uint64_t> list_sums(verify ? 2 * nlist : 0);
     std::uint64_t pos = data_offset;  // end of the previous list; always <= data_end
     std::int64_t total = 0;
+    bool padding_ok = true;
     for (std::uint64_t l = 0; l < nlist; ++l) {
         DirEntry e;
         std::memcpy(&e, base + directory_offset + l * sizeof(DirEntry), sizeof(DirEntry));
@@ -408,6 +437,8 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
                    "outside the file or not where the layout puts them)",
                    p, (ull)l, (ull)e.codes_offset, (ull)e.ids_offset, (long long)e.size);
         if (verify) {
+            padding_ok = padding_ok && all_zero(base + pos, codes_offset - pos) &&
+                         all_zero(base + codes_end, ids_offset - codes_end);
             list_sums[2 * l] = checksum64(base + codes_offset, static_cast<std::size_t>(codes_end - codes_offset));
             list_sums[2 * l + 1] = checksum64(base + ids_offset, static_cast<std::size_t>(8 * n));
         }
@@ -423,6 +454,7 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
     MUDG_CHECK(pos == data_end, "'%s' has an inconsistent layout (%llu unexpected bytes between the lists and the footer)",
                p, (ull)(data_end - pos));
     if (verify) {
+        MUDG_CHECK(padding_ok, "'%s' is corrupted (non-zero padding between the lists)", p);
         MUDG_CHECK(checksum64(list_sums.data(), list_sums.size() * 8) == h.data_checksum,
                    "'%s' is corrupted (list data checksum mismatch)", p);
     }
