@@ -350,10 +350,16 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
     std::memcpy(&h, base, sizeof(h));
 
     // 2. The header's own checksum; a version we cannot read is named as such.
-    MUDG_CHECK(h.version <= kVersion,
-               "'%s' uses file format version %u, newer than this mudg_fast supports (%u): upgrade mudg_fast", p,
-               h.version, kVersion);
     const bool header_ok = checksum64(&h, offsetof(Header, header_checksum)) == h.header_checksum;
+    if (h.version > kVersion) {
+        MUDG_CHECK(!header_ok,
+                   "'%s' uses file format version %u, newer than this mudg_fast supports (%u): upgrade mudg_fast", p,
+                   h.version, kVersion);
+        MUDG_CHECK(false,
+                   "'%s' is corrupted (header checksum mismatch) or was written by a newer mudg_fast (its header names "
+                   "file format version %u, newer than the version %u this one reads)",
+                   p, h.version, kVersion);
+    }
     MUDG_CHECK(header_ok, "'%s' is corrupted (header checksum mismatch)", p);
     MUDG_CHECK(h.version == kVersion && h.header_size == kHeaderSize,
                "'%s' has an invalid header (format version %u, header size %u)", p, h.version, h.header_size);
