@@ -306,7 +306,11 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
         w.write(&h.file_size, 8);
         MUDG_CHECK(std::fflush(w.f) == 0, "cannot write '%s': %s", path.c_str(), std::strerror(errno));
 #ifdef MUDG_HAVE_MMAP
-        ::fsync(fileno(w.f));
+        // The data must be on disk before the caller renames the file into place; file systems
+        // without fsync (EINVAL, EROFS) have nothing to flush.
+        const int rc = ::fsync(fileno(w.f));
+        MUDG_CHECK(rc == 0 || errno == EINVAL || errno == EROFS, "cannot write '%s' to disk (fsync): %s", path.c_str(),
+                   std::strerror(errno));
 #endif
     } catch (...) {
         std::fclose(w.f);
