@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import numbers
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -367,11 +369,17 @@ class IVFIndex:
     @classmethod
     def load(cls, path, *, mmap: bool = True, verify: bool = True, num_threads: int | None = None) -> "IVFIndex":
         """Reads an index written by save(). ``mmap``: list data is paged in from the file on use
-        (the file must stay in place). ``verify``: check every checksum (header and directory are
-        always checked). Truncated, corrupted or newer-version files raise ValueError."""
+        (the file must stay in place). ``verify``: also check the list data (codes, ids) against
+        the data checksum; the header, centroids, codec parameters, directory and layout are
+        always checked. A damaged, truncated or newer-version file raises ValueError (see "File
+        safety" in the README); a missing path FileNotFoundError, a folder IsADirectoryError."""
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no index file at {path!r}")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no index file at this path", path) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not an index file", path)
         return cls._wrap(_core.IvfIndex.load(path, bool(mmap), bool(verify)), num_threads)
 
     def merge(self, other: "IVFIndex") -> "IVFIndex":
