@@ -21,15 +21,41 @@
 //    96  u64     checksum of bytes [centroids offset, data offset) (centroids, parameters, directory)
 //   104  u64     data checksum: checksum64 of the 2*nlist u64 values (checksum of list l's code
 //                bytes, checksum of its id bytes) for l = 0..nlist-1
-//   112  u64     reserved, 0
+//   112  u64     reserved, written 0, ignored by readers
 //   120  u64     checksum of header bytes [0, 120)
+//   Centroids at 128, codec parameters right after them, the directory at the next multiple
+//     of 8, the list data at the next multiple of 64 after the directory; gaps are zero.
 //   List data: for each list, ceil(size/16) code blocks (the in-memory block layout, see
-//     simd.hpp) starting on a 64-byte boundary, then `size` int64 ids on an 8-byte boundary.
+//     simd.hpp) starting on a 64-byte boundary, then `size` int64 ids on an 8-byte boundary;
+//     the gaps before the code blocks and before the ids are zero. The last list's ids end
+//     where the footer starts.
 //   Footer, 16 bytes at file size - 16: char[8] "MUDGEND\0", u64 file size.
 //
 // checksum64 is an xxHash64-style construction (four 64-bit lanes over 32-byte stripes, then
 // 8-byte words and single bytes, final avalanche), defined by the code below.
+//
+// File safety. Readers accept exactly the layout above: every offset in the header and the
+// directory must equal the one the layout gives for (dim, nlist, codec, list sizes), the list
+// sizes must sum to ntotal, and the file size must match the header and the footer. What is
+// checked on load:
+//   always             magic, header checksum, version and header size, file size, footer (magic
+//                      and size), value ranges (1 <= dim < 2^24, 1 <= nlist < 2^31, codec,
+//                      metric, 0 <= ntotal <= file size / 8), the layout, the meta checksum
+//                      (centroids, codec parameters, directory and the gaps between them),
+//                      finite centroids, valid codec parameters;
+//   only with verify   the list data: code blocks and ids (data checksum) and the zero gaps
+//                      between lists. These are the bulk of the file: verify=false does not
+//                      checksum them, and with mmap does not even read them until used.
+// So verify=true detects a change to any byte of the file (up to checksum collisions, 2^-64).
+// verify=false skips the list data: damage there loads silently and can change search results,
+// reconstructed vectors and ids (NaN scores, ids that were never added), but the index stays
+// safe to search, reconstruct, extend and save, because everything that sizes or locates memory
+// has been checked. A mapped file must not be modified in place while an index uses it (a
+// file shortened underneath a mapping faults on access); save() replaces files by rename, which
+// leaves open mappings intact.
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 
 #include "mudg_fast/ivf.hpp"
@@ -134,39 +160,66 @@ std::uint64_t checksum64(const void* data, std::size_t n, std::uint64_t seed) no
     return h;
 }
 
-/// The whole file, mapped read-only (or read into memory).
+/// The whole file, mapped read-only (or read into memory). Only regular files are accepted: a
+/// directory, FIFO or device is refused before anything is read from it (opening a FIFO without
+/// O_NONBLOCK would wait for a writer forever).
 class FileMapping {
 public:
     FileMapping(const std::string& path, bool use_mmap) : path_(path) {
+        const char* p = path.c_str();
 #ifdef MUDG_HAVE_MMAP
-        const int fd = ::open(path.c_str(), O_RDONLY);
-        MUDG_CHECK(fd >= 0, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
+        const int fd = ::open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        MUDG_CHECK(fd >= 0, "cannot open '%s': %s", p, std::strerror(errno));
         struct stat st;
         if (::fstat(fd, &st) != 0) {
+            const int err = errno;
             ::close(fd);
-            MUDG_CHECK(false, "cannot stat '%s': %s", path.c_str(), std::strerror(errno));
+            MUDG_CHECK(false, "cannot stat '%s': %s", p, std::strerror(err));
+        }
+        if (!S_ISREG(st.st_mode)) {
+            ::close(fd);
+            MUDG_CHECK(false, "'%s' is not a regular file (a directory, pipe or device): not a mudg_fast IVF index file",
+                       p);
         }
         size_ = static_cast<std::size_t>(st.st_size);
         if (use_mmap && size_ > 0) {
-            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+            void* m = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+            const int err = errno;
             ::close(fd);
-            MUDG_CHECK(p != MAP_FAILED, "cannot map '%s': %s", path.c_str(), std::strerror(errno));
-            data_ = static_cast<const std::uint8_t*>(p);
+            MUDG_CHECK(m != MAP_FAILED, "cannot map '%s': %s", p, std::strerror(err));
+            data_ = static_cast<const std::uint8_t*>(m);
             mapped_ = true;
             return;
         }
+        buffer_.resize(size_);
+        std::size_t got = 0;
+        int err = 0;
+        while (got < size_) {  // read() may return less than asked, or be interrupted
+            const ssize_t r = ::read(fd, buffer_.data() + got, size_ - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) err = errno;
+            if (r <= 0) break;
+            got += static_cast<std::size_t>(r);
+        }
         ::close(fd);
-#endif
-        std::FILE* f = std::fopen(path.c_str(), "rb");
-        MUDG_CHECK(f, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
+        MUDG_CHECK(got == size_, "cannot read '%s' (%llu of %llu bytes): %s", p, (unsigned long long)got,
+                   (unsigned long long)size_, err ? std::strerror(err) : "the file shrank while reading");
+#else
+        std::FILE* f = std::fopen(p, "rb");
+        MUDG_CHECK(f, "cannot open '%s': %s", p, std::strerror(errno));
         std::fseek(f, 0, SEEK_END);
         const long len = std::ftell(f);
         std::fseek(f, 0, SEEK_SET);
-        size_ = len > 0 ? static_cast<std::size_t>(len) : 0;
+        if (len < 0) {
+            std::fclose(f);
+            MUDG_CHECK(false, "'%s' is not a regular file: not a mudg_fast IVF index file", p);
+        }
+        size_ = static_cast<std::size_t>(len);
         buffer_.resize(size_);
         const std::size_t got = size_ ? std::fread(buffer_.data(), 1, size_, f) : 0;
         std::fclose(f);
-        MUDG_CHECK(got == size_, "cannot read '%s'", path.c_str());
+        MUDG_CHECK(got == size_, "cannot read '%s'", p);
+#endif
         data_ = buffer_.data();
     }
     ~FileMapping() {
@@ -253,7 +306,11 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
         w.write(&h.file_size, 8);
         MUDG_CHECK(std::fflush(w.f) == 0, "cannot write '%s': %s", path.c_str(), std::strerror(errno));
 #ifdef MUDG_HAVE_MMAP
-        ::fsync(fileno(w.f));
+        // The data must be on disk before the caller renames the file into place; file systems
+        // without fsync (EINVAL, EROFS) have nothing to flush.
+        const int rc = ::fsync(fileno(w.f));
+        MUDG_CHECK(rc == 0 || errno == EINVAL || errno == EROFS, "cannot write '%s' to disk (fsync): %s", path.c_str(),
+                   std::strerror(errno));
 #endif
     } catch (...) {
         std::fclose(w.f);
@@ -263,75 +320,154 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     MUDG_ASSERT(w.pos == h.file_size);
 }
 
+namespace {
+bool all_zero(const std::uint8_t* p, std::uint64_t n) {
+    for (std::uint64_t i = 0; i < n; ++i)
+        if (p[i]) return false;
+    return true;
+}
+const char* codec_name(std::uint32_t c) {
+    static const char* names[] = {"f32", "f16", "sq8", "sq4"};
+    return c < 4 ? names[c] : "?";
+}
+}  // namespace
+
+// Every value read from the file is checked before it is used: the header against its checksum
+// and then against sane ranges (which bound every size computed from it far below 2^64, so no
+// arithmetic below can wrap), every offset against the documented layout and the file size, and
+// the list sizes against ntotal. A file that passes these checks is safe to use even with
+// verify=false: damage in the list data can then change results, never memory safety.
 std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool verify) {
     auto map = std::make_shared<FileMapping>(path, mmap);
     const std::uint8_t* base = map->data();
     const std::uint64_t size = map->size();
     const char* p = path.c_str();
-    MUDG_CHECK(size >= 8 && std::memcmp(base, kMagic, 8) == 0, "'%s' is not a mudg_fast IVF index file", p);
-    MUDG_CHECK(size >= kHeaderSize + kFooterSize, "'%s' is truncated (%llu bytes)", p, (unsigned long long)size);
+    using ull = unsigned long long;
+
+    // 1. What kind of file this is, and whether it can hold a header and a footer.
+    MUDG_CHECK(size > 0, "'%s' is empty (0 bytes): not a mudg_fast IVF index file", p);
+    MUDG_CHECK(std::memcmp(base, kMagic, static_cast<std::size_t>(std::min<std::uint64_t>(size, 8))) == 0,
+               "'%s' is not a mudg_fast IVF index file (it does not start with the MUDGIVF magic)", p);
+    MUDG_CHECK(size >= kHeaderSize + kFooterSize, "'%s' is truncated (%llu bytes, less than a header and a footer)",
+               p, (ull)size);
     Header h;
     std::memcpy(&h, base, sizeof(h));
-    MUDG_CHECK(h.version <= kVersion,
-               "'%s' uses file format version %u, newer than this mudg_fast supports (%u): upgrade mudg_fast", p,
-               h.version, kVersion);
-    MUDG_CHECK(h.version >= 1 && h.header_size == kHeaderSize, "'%s' has an invalid header", p);
-    MUDG_CHECK(checksum64(&h, offsetof(Header, header_checksum)) == h.header_checksum,
-               "'%s' is corrupted (header checksum mismatch)", p);
+
+    // 2. The header's own checksum; a version we cannot read is named as such.
+    const bool header_ok = checksum64(&h, offsetof(Header, header_checksum)) == h.header_checksum;
+    if (h.version > kVersion) {
+        MUDG_CHECK(!header_ok,
+                   "'%s' uses file format version %u, newer than this mudg_fast supports (%u): upgrade mudg_fast", p,
+                   h.version, kVersion);
+        MUDG_CHECK(false,
+                   "'%s' is corrupted (header checksum mismatch) or was written by a newer mudg_fast (its header names "
+                   "file format version %u, newer than the version %u this one reads)",
+                   p, h.version, kVersion);
+    }
+    MUDG_CHECK(header_ok, "'%s' is corrupted (header checksum mismatch)", p);
+    MUDG_CHECK(h.version == kVersion && h.header_size == kHeaderSize,
+               "'%s' has an invalid header (format version %u, header size %u)", p, h.version, h.header_size);
+
+    // 3. Size and footer: truncated, extended or overwritten tails.
     MUDG_CHECK(h.file_size == size, "'%s' is truncated or damaged: the header says %llu bytes, the file has %llu", p,
-               (unsigned long long)h.file_size, (unsigned long long)size);
-    MUDG_CHECK(std::memcmp(base + size - kFooterSize, kEndMagic, 8) == 0, "'%s' is corrupted (bad footer)", p);
-    MUDG_CHECK(h.dim >= 1 && h.nlist >= 1 && h.ntotal >= 0 && h.codec <= 3 && h.metric == 0,
-               "'%s' has an invalid header (dim %lld, nlist %lld, codec %u)", p, (long long)h.dim,
-               (long long)h.nlist, h.codec);
+               (ull)h.file_size, (ull)size);
+    std::uint64_t footer_size;
+    std::memcpy(&footer_size, base + size - 8, 8);
+    MUDG_CHECK(std::memcmp(base + size - kFooterSize, kEndMagic, 8) == 0 && footer_size == size,
+               "'%s' is corrupted (bad footer)", p);
+
+    // 4. Header values in range: dim < 2^24, nlist < 2^31 and ntotal <= size / 8 keep every
+    //    product below (at most 2^60) exact.
+    MUDG_CHECK(h.dim >= 1 && h.dim < (idx_t{1} << 24) && h.nlist >= 1 && h.nlist < (idx_t{1} << 31) && h.codec <= 3 &&
+                   h.metric == 0,
+               "'%s' has an invalid header (dim %lld, nlist %lld, codec %u, metric %u)", p, (long long)h.dim,
+               (long long)h.nlist, h.codec, h.metric);
+    MUDG_CHECK(h.ntotal >= 0 && static_cast<std::uint64_t>(h.ntotal) <= size / 8,
+               "'%s' has an invalid header (ntotal %lld for a file of %llu bytes)", p, (long long)h.ntotal, (ull)size);
     const std::uint64_t d = static_cast<std::uint64_t>(h.dim), nlist = static_cast<std::uint64_t>(h.nlist);
-    MUDG_CHECK(d < (1ull << 24) && nlist < (1ull << 31), "'%s' has an invalid header", p);
     const auto codec = static_cast<Codec>(h.codec);
     const std::uint64_t want_params = codec == Codec::sq8 ? 2 * d : codec == Codec::sq4 ? 16 * d : 0;
-    MUDG_CHECK(h.centroids_offset == kHeaderSize && h.params_offset == kHeaderSize + nlist * d * 4 &&
-                   h.params_count == want_params && h.directory_offset >= h.params_offset + 4 * want_params &&
-                   h.data_offset >= h.directory_offset + nlist * sizeof(DirEntry) &&
-                   h.data_offset <= size - kFooterSize,
-               "'%s' has an inconsistent layout", p);
-    MUDG_CHECK(checksum64(base + h.centroids_offset, h.data_offset - h.centroids_offset) == h.meta_checksum,
+
+    // 5. Section offsets: exactly the documented layout, inside the file.
+    const std::uint64_t params_offset = kHeaderSize + nlist * d * 4;
+    const std::uint64_t directory_offset = align_up(params_offset + 4 * want_params, 8);
+    const std::uint64_t data_offset = align_up(directory_offset + nlist * sizeof(DirEntry), 64);
+    MUDG_CHECK(h.centroids_offset == kHeaderSize && h.params_offset == params_offset && h.params_count == want_params &&
+                   h.directory_offset == directory_offset && h.data_offset == data_offset,
+               "'%s' has an inconsistent layout (section offsets do not match dim %lld, nlist %lld, codec %s)", p,
+               (long long)h.dim, (long long)h.nlist, codec_name(h.codec));
+    const std::uint64_t data_end = size - kFooterSize;
+    MUDG_CHECK(data_offset <= data_end,
+               "'%s' is truncated or has an inconsistent layout: its header and directory need %llu bytes, the file "
+               "has %llu",
+               p, (ull)(data_offset + kFooterSize), (ull)size);
+    MUDG_CHECK(checksum64(base + kHeaderSize, data_offset - kHeaderSize) == h.meta_checksum,
                "'%s' is corrupted (centroid/directory checksum mismatch)", p);
 
+    // 6. Centroids and codec parameters (their sizes are bounded by the file size now).
+    const auto* centroids = reinterpret_cast<const float*>(base + kHeaderSize);
+    for (std::uint64_t i = 0; i < nlist * d; ++i)
+        MUDG_CHECK(std::isfinite(centroids[i]), "'%s' is corrupted (centroid %llu holds a NaN or infinite value)", p,
+                   (ull)(i / d));
     auto ix = std::make_unique<IvfIndex>(h.dim, h.nlist, codec);
-    ix->set_centroids(MatrixView<const float>(reinterpret_cast<const float*>(base + h.centroids_offset), h.nlist, h.dim));
-    const auto* params = reinterpret_cast<const float*>(base + h.params_offset);
-    if (codec == Codec::sq8)
-        ix->set_codec_params(std::vector<float>(params, params + d), std::vector<float>(params + d, params + 2 * d));
-    else if (codec == Codec::sq4)
-        ix->set_codec_params(std::vector<float>(params, params + 16 * d), {});
+    ix->set_centroids(MatrixView<const float>(centroids, h.nlist, h.dim));
+    const auto* params = reinterpret_cast<const float*>(base + params_offset);
+    try {
+        if (codec == Codec::sq8)
+            ix->set_codec_params(std::vector<float>(params, params + d), std::vector<float>(params + d, params + 2 * d));
+        else if (codec == Codec::sq4)
+            ix->set_codec_params(std::vector<float>(params, params + 16 * d), {});
+    } catch (const Error& e) {
+        MUDG_CHECK(false, "'%s' is corrupted (invalid codec parameters: %s)", p, e.what());
+    }
 
+    // 7. Directory: each list where the layout puts it, sizes summing to ntotal. Sizes are
+    //    compared by division, so that n_blocks * block bytes cannot wrap.
     const std::uint64_t bbytes = static_cast<std::uint64_t>(block_bytes(codec, h.dim));
-    std::vector<DirEntry> dir(nlist);
-    std::memcpy(dir.data(), base + h.directory_offset, nlist * sizeof(DirEntry));
-    std::vector<std::uint64_t> list_sums(2 * nlist);
+    std::vector<std::uint64_t> list_sums(verify ? 2 * nlist : 0);
+    std::uint64_t pos = data_offset;  // end of the previous list; always <= data_end
     std::int64_t total = 0;
-    const std::uint64_t data_end = size - kFooterSize;
+    bool padding_ok = true;
     for (std::uint64_t l = 0; l < nlist; ++l) {
-        const DirEntry& e = dir[l];
-        MUDG_CHECK(e.size >= 0 && e.size <= h.ntotal, "'%s' has an invalid directory entry", p);
-        const std::uint64_t cbytes = static_cast<std::uint64_t>(n_blocks(e.size)) * bbytes;
-        MUDG_CHECK(e.codes_offset >= h.data_offset && e.codes_offset % 64 == 0 && e.ids_offset % 8 == 0 &&
-                       e.codes_offset + cbytes <= e.ids_offset && e.ids_offset + 8 * e.size <= data_end,
-                   "'%s' has an invalid directory entry for list %llu", p, (unsigned long long)l);
-        total += e.size;
+        DirEntry e;
+        std::memcpy(&e, base + directory_offset + l * sizeof(DirEntry), sizeof(DirEntry));
+        MUDG_CHECK(e.size >= 0 && e.size <= h.ntotal - total,
+                   "'%s' has an invalid directory entry for list %llu (size %lld; the lists before it hold %lld of "
+                   "ntotal %lld vectors)",
+                   p, (ull)l, (long long)e.size, (long long)total, (long long)h.ntotal);
+        const std::uint64_t n = static_cast<std::uint64_t>(e.size);
+        const std::uint64_t codes_offset = align_up(pos, 64);
+        const std::uint64_t nb = static_cast<std::uint64_t>(n_blocks(e.size));
+        bool ok = e.codes_offset == codes_offset && codes_offset <= data_end && nb <= (data_end - codes_offset) / bbytes;
+        const std::uint64_t codes_end = ok ? codes_offset + nb * bbytes : 0;
+        const std::uint64_t ids_offset = align_up(codes_end, 8);
+        ok = ok && e.ids_offset == ids_offset && ids_offset <= data_end && n <= (data_end - ids_offset) / 8;
+        MUDG_CHECK(ok,
+                   "'%s' has an invalid directory entry for list %llu (codes at %llu, ids at %llu, %lld vectors: "
+                   "outside the file or not where the layout puts them)",
+                   p, (ull)l, (ull)e.codes_offset, (ull)e.ids_offset, (long long)e.size);
         if (verify) {
-            list_sums[2 * l] = checksum64(base + e.codes_offset, cbytes);
-            list_sums[2 * l + 1] = checksum64(base + e.ids_offset, 8 * e.size);
+            padding_ok = padding_ok && all_zero(base + pos, codes_offset - pos) &&
+                         all_zero(base + codes_end, ids_offset - codes_end);
+            list_sums[2 * l] = checksum64(base + codes_offset, static_cast<std::size_t>(codes_end - codes_offset));
+            list_sums[2 * l + 1] = checksum64(base + ids_offset, static_cast<std::size_t>(8 * n));
         }
         auto& L = ix->lists_[l];
-        L.ext_codes = base + e.codes_offset;
-        L.ext_ids = reinterpret_cast<const idx_t*>(base + e.ids_offset);
+        L.ext_codes = base + codes_offset;
+        L.ext_ids = reinterpret_cast<const idx_t*>(base + ids_offset);
         L.size = e.size;
+        total += e.size;
+        pos = ids_offset + 8 * n;
     }
     MUDG_CHECK(total == h.ntotal, "'%s' is inconsistent: lists hold %lld vectors, the header says %lld", p,
                (long long)total, (long long)h.ntotal);
-    if (verify)
+    MUDG_CHECK(pos == data_end, "'%s' has an inconsistent layout (%llu unexpected bytes between the lists and the footer)",
+               p, (ull)(data_end - pos));
+    if (verify) {
+        MUDG_CHECK(padding_ok, "'%s' is corrupted (non-zero padding between the lists)", p);
         MUDG_CHECK(checksum64(list_sums.data(), list_sums.size() * 8) == h.data_checksum,
                    "'%s' is corrupted (list data checksum mismatch)", p);
+    }
     ix->ntotal_ = h.ntotal;
     ix->mapping_ = std::move(map);
     return ix;

@@ -45,7 +45,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import resolve_threads
-from .index import CODECS, IVFIndex, atomic_write
+from .index import CODECS, IVFIndex, _temp_path, atomic_write
 from .shards import EmbeddingShards, ShardError, check_aligned, gather, sample_ids
 
 __all__ = [
@@ -378,7 +378,11 @@ class _WorkDir:
 
     def clear(self) -> None:
         """Removes our own files only (the folder may be a user's)."""
-        self.remove(self.checkpoint, self.trained, self.manifest)
+        self.remove(self.checkpoint, self.trained, self.manifest, *self.leftover_temps())
+
+    def leftover_temps(self) -> list[Path]:
+        """Temporary files of saves that were killed mid-write (a later save would reuse them)."""
+        return [_temp_path(p) for p in (self.checkpoint, self.trained, self.manifest)]
 
 
 def _fingerprint(
@@ -851,7 +855,7 @@ def _build(
         plan=asdict(plan),
     )
     work.write_manifest(manifest)
-    work.remove(work.checkpoint, work.trained)
+    work.remove(work.checkpoint, work.trained, *work.leftover_temps())
     ntotal = index.ntotal
     mean_list = ntotal / plan.nlist
     say(

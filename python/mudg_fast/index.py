@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import numbers
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; temporary files get unique names instead
+    fcntl = None
 
 import numpy as np
 
@@ -23,14 +30,20 @@ MAX_DIM = 1 << 20  # the core's kMaxDim
 def atomic_write(path, write, *, suffix=".tmp"):
     """Calls ``write(tmp_path)`` on a temporary file next to ``path`` and renames it into place.
 
-    The previous content of ``path`` survives any failure (disk full, crash, Ctrl-C)."""
+    The previous content of ``path`` survives any failure (disk full, crash, Ctrl-C, SIGKILL):
+    the temporary file is flushed to disk (fsync) before the rename, and the folder after it, so
+    that after a power loss ``path`` holds either the old or the new content, never a torn one.
+
+    The temporary file is ``.<name><suffix>`` in the same folder (see :func:`_open_temp`). An
+    exception or Ctrl-C removes it; a process killed mid-write (SIGKILL, SIGTERM, a crash) leaves
+    it behind, and the next save to ``path`` reuses and replaces it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    fd, tmp = _open_temp(path, suffix)
     try:
         write(tmp)
-        os.chmod(tmp, _final_mode(path))  # mkstemp makes 0600 files; give the usual permissions
+        _fsync_file(tmp)
+        os.chmod(tmp, _final_mode(path))  # temporary files are 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -38,6 +51,74 @@ def atomic_write(path, write, *, suffix=".tmp"):
         except FileNotFoundError:
             pass
         raise
+    finally:
+        os.close(fd)  # releases the lock only now, after the rename
+    _fsync_dir(path.parent)
+
+
+def _temp_path(path, suffix: str = ".tmp") -> Path:
+    """Where a save to ``path`` writes first: ``.<name><suffix>`` in the same folder."""
+    path = Path(path)
+    return path.parent / f".{path.name}{suffix}"
+
+
+def _open_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """Creates (or takes over) the temporary file for a save to ``path``; returns (fd, name).
+
+    The file is ``.<name><suffix>``, held under an exclusive ``flock`` until ``fd`` is closed.
+    A save that was killed leaves that file unlocked (the kernel drops the lock with the
+    process), so the next save takes it over and truncates it: leftovers never accumulate.
+    While another process is saving to the same path (the file is locked), or where file locks
+    are unavailable, a unique ``.<name>.<random><suffix>`` is used instead; such a file is left
+    behind if that save is killed, and can be deleted by hand."""
+    tmp = _temp_path(path, suffix)
+    if fcntl is not None:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        for _ in range(3):
+            try:
+                fd = os.open(tmp, flags, 0o600)
+            except OSError:  # e.g. a symlink or someone else's file: use a unique name
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live save holds it (or no locks here): use a unique name
+                os.close(fd)
+                break
+            # Locked; but a finished save may have renamed this inode away in between: only an
+            # inode still named tmp is ours to truncate.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(tmp, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                return fd, str(tmp)
+            os.close(fd)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    return fd, name
+
+
+def _fsync_file(name) -> None:
+    """Flushes a written file's data to disk (by name: the writer may have reopened it)."""
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder) -> None:
+    """Makes a rename in ``folder`` durable, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # Windows cannot open folders; nothing to do there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders (EINVAL)
+        pass
+    finally:
+        os.close(fd)
 
 
 def _final_mode(path: Path) -> int:
@@ -303,11 +384,17 @@ class IVFIndex:
     @classmethod
     def load(cls, path, *, mmap: bool = True, verify: bool = True, num_threads: int | None = None) -> IVFIndex:
         """Reads an index written by save(). ``mmap``: list data is paged in from the file on use
-        (the file must stay in place). ``verify``: check every checksum (header and directory are
-        always checked). Truncated, corrupted or newer-version files raise ValueError."""
+        (the file must stay in place). ``verify``: also check the list data (codes, ids) against
+        the data checksum; the header, centroids, codec parameters, directory and layout are
+        always checked. A damaged, truncated or newer-version file raises ValueError (see "File
+        safety" in the README); a missing path FileNotFoundError, a folder IsADirectoryError."""
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no index file at {path!r}")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "no index file at this path", path) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not an index file", path)
         return cls._wrap(_core.IvfIndex.load(path, bool(mmap), bool(verify)), num_threads)
 
     def merge(self, other: IVFIndex) -> IVFIndex:

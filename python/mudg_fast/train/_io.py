@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
@@ -15,16 +15,20 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_tor
 
 def atomic_write(path, write: Callable[[Any], None], *, binary: bool = True) -> str:
     """Calls ``write(file_object)`` on a temporary file next to ``path``, then renames it to
-    ``path``. The folder must exist. Returns ``path`` as a string."""
+    ``path``. The folder must exist. Returns ``path`` as a string. The temporary file is named
+    and recycled as in :func:`mudg_fast.index.atomic_write` (``.<name>.tmp``; a save killed
+    mid-write leaves it behind and the next save to ``path`` takes it over)."""
+    from ..index import _fsync_dir, _open_temp
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    fd, tmp = _open_temp(Path(os.path.abspath(path)))
     try:
         mode = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8"}
-        with os.fdopen(fd, **mode) as f:
+        # A duplicate descriptor for the file object: fd keeps the lock until after the rename.
+        with os.fdopen(os.dup(fd), **mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -33,12 +37,9 @@ def atomic_write(path, write: Callable[[Any], None], *, binary: bool = True) -> 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where supported
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    finally:
+        os.close(fd)
+    _fsync_dir(folder)  # make the rename itself durable where supported
     return path
 
 
