@@ -43,6 +43,7 @@ import corrupt_helpers as ch
 import numpy as np
 import pytest
 from mudg_fast import IVFIndex
+from mudg_fast._arrays import magnitude_limit
 
 MODES = [(True, True), (True, False), (False, True), (False, False)]  # (mmap, verify)
 CLEAR = re.compile(r"corrupted|truncated|damaged|invalid|inconsistent|not a mudg_fast|empty|newer|"
@@ -98,7 +99,7 @@ def fast_dir(tmp_path):
 
 
 def make_index(codec: str, kind: str) -> IVFIndex:
-    """kind: "mixed" (odd dim, some lists empty, custom ids including negative and huge ones),
+    """kind: "mixed" (odd dim, some lists empty, custom ids including huge ones; ids are never negative),
     "seq" (default ids, lists of several blocks), "empty" (trained, no vectors)."""
     rng = np.random.default_rng(["mixed", "seq", "empty"].index(kind) * 10 + ch.CODEC_NAMES.index(codec))
     if kind == "mixed":
@@ -107,7 +108,7 @@ def make_index(codec: str, kind: str) -> IVFIndex:
         weak = 1e-3 * rng.standard_normal((nlist - 3, dim)).astype(np.float32)  # never nearest
         cent = np.vstack([strong, weak])
         x = (strong[rng.integers(0, 3, n)] * 3 + 0.3 * rng.standard_normal((n, dim))).astype(np.float32)
-        ids = rng.choice(np.array([-(2**62), -7, 2**62, 2**63 - 1], np.int64), 4, replace=False)
+        ids = rng.choice(np.array([2**40 + 7, 2**50, 2**62, 2**63 - 1], np.int64), 4, replace=False)
         ids = np.concatenate([ids, rng.choice(10**12, n - 4, replace=False).astype(np.int64)])
     elif kind == "seq":
         dim, nlist, n = 8, 4, 70
@@ -268,10 +269,14 @@ def params_valid(h: dict, content: bytes) -> bool:
     p = np.frombuffer(content, np.float32, h["params_count"], h["params_offset"])
     if not np.isfinite(p).all():
         return False
+    # decoded values must stay within the magnitude limit of every float32 input
+    limit = magnitude_limit(d)
     if codec == 2:  # sq8: vmin[d], step[d] > 0
-        return bool((p[d:] > 0).all())
+        vmin, step = p[:d].astype(np.float64), p[d:].astype(np.float64)
+        return bool((step > 0).all() and (np.abs(vmin) <= limit).all()
+                    and (np.abs(vmin + 255 * step) <= limit).all())
     if codec == 3:  # sq4: 16 sorted levels per dimension
-        return bool((np.diff(p.reshape(d, 16), axis=1) >= 0).all())
+        return bool((np.diff(p.reshape(d, 16), axis=1) >= 0).all() and (np.abs(p) <= limit).all())
     return True
 
 
