@@ -149,10 +149,12 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
     }
     float q2 = hsum8(vq2), e2 = hsum8(ve2);
     for (; k < d; ++k) {
-        float f = x[k] * inv;
-        int q = static_cast<int>(f >= 0 ? f + 0.5f : f - 0.5f);
+        // The same arithmetic as the vector lanes above: round to nearest even, and the residual
+        // x - a q with one rounding (a separate product would round the residual away).
+        const float f = x[k] * inv;
+        int q = _mm_cvtss_si32(_mm_set_ss(f));
         q = q > lim ? lim : (q < -lim ? -lim : q);
-        const float e = x[k] - a * static_cast<float>(q);
+        const float e = _mm_cvtss_f32(_mm_fnmadd_ss(_mm_set_ss(a), _mm_set_ss(static_cast<float>(q)), _mm_set_ss(x[k])));
         q2 += static_cast<float>(q * q);
         e2 += e * e;
         out[(k / 4) * stride + (k % 4)] = static_cast<std::uint8_t>(q + offset);
