@@ -380,6 +380,38 @@ TEST(codec_parameters_and_training) {
     }
 }
 
+TEST(sq8_with_tiny_ranges_and_steps) {
+    // A dimension whose sample range is subnormal: the trained step stays a normal float (its
+    // reciprocal is finite) and search still equals the oracle.
+    const idx_t n = 300, d = 5, nq = 33;
+    auto x = uniform(n * d, 15);
+    for (idx_t i = 0; i < n; ++i) {
+        x[i * d + 1] = (i % 2) ? 1e-40f : 0.0f;
+        x[i * d + 2] = (i % 3) ? 3e-39f : -3e-39f;
+    }
+    const auto q = uniform(nq * d, 16);
+    auto ix = make_index(x, n, d, 3, Codec::sq8);
+    for (idx_t t = 0; t < d; ++t) {
+        CHECK(ix->codec_b()[t] > 0);
+        CHECK(std::isfinite(1.0f / ix->codec_b()[t]));
+    }
+    ix->add(MatrixView<const float>(x.data(), n, d), nullptr, 2);
+    check_same(search(*ix, q, nq, 10, 3, 2, SearchMode::automatic), oracle(*ix, q, nq, 10, 3), "tiny range");
+    // Parameters set directly with a subnormal step (1 / step overflows): values at vmin encode
+    // as code 0, values above it as 255; nothing undefined on the way.
+    IvfIndex direct(3, 1, Codec::sq8);
+    std::vector<float> c(3, 1.0f);
+    direct.set_centroids(MatrixView<const float>(c.data(), 1, 3));
+    direct.set_codec_params({0.0f, 0.0f, 0.0f}, {1e-40f, 1.0f, 1.0f});
+    const std::vector<float> rows = {0.0f, 0.5f, 0.5f, 1.0f, 0.5f, 0.5f};
+    direct.add(MatrixView<const float>(rows.data(), 2, 3), nullptr);
+    const std::vector<idx_t> ids = {0, 1};
+    std::vector<float> rec(6);
+    direct.reconstruct(ids.data(), 2, rec.data());
+    CHECK_EQ(rec[0], 0.0f);
+    CHECK_EQ(rec[3], 255 * 1e-40f);
+}
+
 TEST(bad_calls_throw_error) {
     CHECK_THROWS(IvfIndex(0, 4, Codec::f32), Error, "dim must be >= 1, got 0");
     CHECK_THROWS(IvfIndex(4, 0, Codec::f32), Error, "nlist must be >= 1, got 0");
