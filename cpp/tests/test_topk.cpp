@@ -152,6 +152,29 @@ TEST(large_database_streams_and_matches_brute_force) {
     }
 }
 
+TEST(tiny_and_subnormal_magnitudes) {
+    // Rows whose largest entry is subnormal (or whose quantisation step underflows) still give
+    // exactly the brute-force result, with screening on and off.
+    LevelGuard lg;
+    ScreeningGuard sg;
+    const idx_t n = 200, d = 24, nq = 20;
+    for (float scale : {1e-30f, 1e-38f, 1e-41f, 1e-44f}) {
+        auto db = uniform(n * d, 61);
+        auto q = uniform(nq * d, 62);
+        for (idx_t i = 0; i < n; ++i)
+            for (idx_t t = 0; t < d; ++t) db[i * d + t] *= (i % 3 == 0) ? scale : 1.0f;  // mixed rows
+        for (idx_t t = 0; t < d; ++t) q[t] *= scale;  // and a tiny query
+        std::fill(db.begin() + 7 * d, db.begin() + 8 * d, 0.0f);  // an all-zero row
+        for (SimdLevel level : available_levels()) {
+            set_simd_level(level);
+            for (int screen : {0, 1}) {
+                set_screening(screen);
+                for (int k : {1, 5}) expect_exact(db, n, q, nq, d, k, 2, "tiny");
+            }
+        }
+    }
+}
+
 TEST(strided_views_and_padded_outputs) {
     // Queries and database inside wider matrices; outputs with stride > k: the gaps must not be
     // written.

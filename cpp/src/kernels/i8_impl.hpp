@@ -124,7 +124,10 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
         amax = v > amax ? v : amax;
         x2 += x[j] * x[j];
     }
-    const float a = amax > 0 ? amax / static_cast<float>(lim) : 1.0f;
+    // At least the smallest normal float (0x1p-126): for a subnormal max|x|, amax / lim could
+    // underflow and 1 / a overflow, and x * inf is not convertible to int.
+    float a = amax > 0 ? amax / static_cast<float>(lim) : 1.0f;
+    a = a < 0x1p-126f ? 0x1p-126f : a;
     const float inv = 1.0f / a;
     const __m256 va = _mm256_set1_ps(a), vinv = _mm256_set1_ps(inv);
     const __m256i vlim = _mm256_set1_epi32(lim), vnlim = _mm256_set1_epi32(-lim), voff = _mm256_set1_epi32(offset);
