@@ -277,6 +277,8 @@ TEST(int8_screening_kernels_equal_scalar) {
             for (int lim : {63, 127}) {
                 std::vector<float> x = uniform(d, static_cast<std::uint64_t>(d * lim));
                 if (d == 5) std::fill(x.begin(), x.end(), 0.0f);  // a zero row: a = 1
+                if (d == 3 || d == 100)  // subnormal rows: a stays normal, 1 / a finite
+                    for (auto& v : x) v *= d == 3 ? 1e-44f : 1e-39f;
                 if (d == 4 || d == 17) {  // x / a exactly halfway between integers: ties to even
                     x[0] = static_cast<float>(lim);
                     x[1] = 0.5f;
@@ -291,6 +293,7 @@ TEST(int8_screening_kernels_equal_scalar) {
                 S.quantize_row(x.data(), d, lim, offset, os.data(), stride, &as_, sts);
                 K.quantize_row(x.data(), d, lim, offset, ok.data(), stride, &ak_, stk);
                 CHECK_BITS(as_, ak_);
+                CHECK(as_ > 0 && std::isfinite(1.0f / as_));
                 for (std::size_t i = 0; i < os.size(); ++i) CHECK_EQ(int(os[i]), int(ok[i]));
                 // The stats are upper bounds (each level may sum in its own order): check that both
                 // levels' values bound a|q|, |x - a q| and |x|, and are looser than the truth by no more than the documented inflation.

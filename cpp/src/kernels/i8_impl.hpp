@@ -163,9 +163,16 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
         out[(k / 4) * stride + (k % 4)] = static_cast<std::uint8_t>(q + offset);
     }
     // Float sums of d squares are within d*u relative of the truth: inflate to stay an upper bound.
+    // Squares that underflow lose at most 2^-150 each: covered by e2's 1e-40 floor, and for |x|
+    // by summing in double when the row is so small that its squares underflow.
     const double infl = 1.0 + 4.0 * static_cast<double>(d) * 0x1.0p-24;
+    double x2d = x2;
+    if (amax < 0x1p-40f) {
+        x2d = 0;
+        for (idx_t j = 0; j < d; ++j) x2d += static_cast<double>(x[j]) * x[j];
+    }
     *a_out = a;
     stats[0] = static_cast<double>(a) * std::sqrt(static_cast<double>(q2) * infl);
     stats[1] = std::sqrt(static_cast<double>(e2) * infl + 1e-40) * (1.0 + 1e-6);
-    stats[2] = std::sqrt(static_cast<double>(x2) * infl) * (1.0 + 1e-6);
+    stats[2] = std::sqrt(x2d * infl) * (1.0 + 1e-6);
 }
