@@ -187,6 +187,14 @@ inline void brute_topk(const float* db, idx_t n, const float* q, idx_t nq, idx_t
     }
 }
 
+/// Orders (score, id) pairs best first: higher score, then lower id (TopkHeaps' total order).
+struct BetterPair {
+    template <class P>
+    bool operator()(const P& a, const P& b) const {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    }
+};
+
 /// Every SIMD level this CPU supports, scalar first.
 inline std::vector<mudg_fast::SimdLevel> available_levels() {
     std::vector<mudg_fast::SimdLevel> v;

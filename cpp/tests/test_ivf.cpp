@@ -97,7 +97,7 @@ Result oracle(const IvfIndex& ix, const std::vector<float>& q, idx_t nq, int k, 
             const idx_t l = probes[qi * nprobe + p];
             for (std::size_t j = 0; j < lids[l].size(); ++j) cand.push_back({ip(qs.data(), &lvec[l][j * d], d), lids[l][j]});
         }
-        std::sort(cand.begin(), cand.end(), [](auto a, auto b) { return TopkHeaps::better(a.first, a.second, b.first, b.second); });
+        std::sort(cand.begin(), cand.end(), BetterPair{});
         for (int j = 0; j < k && j < static_cast<int>(cand.size()); ++j) {
             r.s[qi * k + j] = ix.codec() == Codec::sq8 ? static_cast<float>(cand[j].first + bias) : cand[j].first;
             r.i[qi * k + j] = cand[j].second;

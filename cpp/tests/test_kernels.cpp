@@ -59,7 +59,9 @@ struct Hit {
     idx_t row, col;
     float score;
 };
-void collect(void* ctx, idx_t row, idx_t col, float score) { static_cast<std::vector<Hit>*>(ctx)->push_back({row, col, score}); }
+void collect(void* ctx, idx_t row, idx_t col, float score) {
+    static_cast<std::vector<Hit>*>(ctx)->push_back({row, col, score});
+}
 
 /// Per row, the (col, score) sequence a topk call reported.
 std::map<idx_t, std::vector<std::pair<idx_t, float>>> by_row(const std::vector<Hit>& hits) {
@@ -244,16 +246,20 @@ TEST(int8_screening_kernels_equal_scalar) {
                     Aligned<std::uint8_t> a(static_cast<std::size_t>(n_panels * d4 * 4 * kMr8), 128);
                     for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<std::uint8_t>(1 + rng.below(255));
                     Aligned<std::int8_t> b(static_cast<std::size_t>(n_blocks(n_cols) * d4 * 64));
-                    for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::int8_t>(static_cast<int>(rng.below(127)) - 63);
+                    for (std::size_t i = 0; i < b.size(); ++i)
+                        b[i] = static_cast<std::int8_t>(static_cast<int>(rng.below(127)) - 63);
                     std::vector<float> rs(n_rows), cs(n_cols);
                     std::vector<std::int32_t> corr(n_cols);
                     for (auto& v : rs) v = static_cast<float>(rng.uniform() + 0.01);
                     for (auto& v : cs) v = static_cast<float>(rng.uniform() + 0.01);
                     for (auto& v : corr) v = static_cast<std::int32_t>(rng.below(20000)) - 10000;
                     const idx_t ld = n_cols + 1;
-                    Aligned<float> zs(static_cast<std::size_t>(n_rows * ld), 3.0f), zk(static_cast<std::size_t>(n_rows * ld), 3.0f);
-                    S.i8_scores(a.data(), n_rows, b.data(), n_cols, d4, rs.data(), cs.data(), corr.data(), zs.data(), ld);
-                    K.i8_scores(a.data(), n_rows, b.data(), n_cols, d4, rs.data(), cs.data(), corr.data(), zk.data(), ld);
+                    const auto n_out = static_cast<std::size_t>(n_rows * ld);
+                    Aligned<float> zs(n_out, 3.0f), zk(n_out, 3.0f);
+                    S.i8_scores(a.data(), n_rows, b.data(), n_cols, d4, rs.data(), cs.data(), corr.data(), zs.data(),
+                                ld);
+                    K.i8_scores(a.data(), n_rows, b.data(), n_cols, d4, rs.data(), cs.data(), corr.data(), zk.data(),
+                                ld);
                     for (std::size_t i = 0; i < zs.size(); ++i) CHECK_BITS(zs[i], zk[i]);
                 }
         for (idx_t n : {1, 7, 8, 9, 31, 100}) {
@@ -296,7 +302,8 @@ TEST(int8_screening_kernels_equal_scalar) {
                 CHECK(as_ > 0 && std::isfinite(1.0f / as_));
                 for (std::size_t i = 0; i < os.size(); ++i) CHECK_EQ(int(os[i]), int(ok[i]));
                 // The stats are upper bounds (each level may sum in its own order): check that both
-                // levels' values bound a|q|, |x - a q| and |x|, and are looser than the truth by no more than the documented inflation.
+                // levels' values bound a|q|, |x - a q| and |x|, and are looser than the truth by no
+                // more than the documented inflation.
                 double q2 = 0, e2 = 0, x2 = 0;
                 for (idx_t k = 0; k < d; ++k) {
                     const int q = static_cast<int>(os[(k / 4) * stride + k % 4]) - offset;
@@ -309,7 +316,11 @@ TEST(int8_screening_kernels_equal_scalar) {
                 }
                 const double want[3] = {as_ * std::sqrt(q2), std::sqrt(e2), std::sqrt(x2)};
                 for (int i = 0; i < 3; ++i) {
-                    if (!(want[i] <= sts[i] && want[i] <= stk[i])) fail(__FILE__, __LINE__, "stat " + show(i) + " d=" + show(d) + " lim=" + show(lim) + " level=" + simd_level_name(level) + ": " + show(want[i]) + " " + show(sts[i]) + " " + show(stk[i]));
+                    if (!(want[i] <= sts[i] && want[i] <= stk[i]))
+                        fail(__FILE__, __LINE__,
+                             "stat " + show(i) + " d=" + show(d) + " lim=" + show(lim) + " level=" +
+                                 simd_level_name(level) + ": true " + show(want[i]) + ", scalar " + show(sts[i]) +
+                                 ", level " + show(stk[i]));
                     CHECK_NEAR(sts[i], want[i], (4.0 * d * 0x1.0p-24 + 2e-6) * want[i] + 1e-19);
                     CHECK_NEAR(stk[i], want[i], (4.0 * d * 0x1.0p-24 + 2e-6) * want[i] + 1e-19);
                 }

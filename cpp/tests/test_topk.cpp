@@ -268,7 +268,7 @@ TEST(topk_heaps_keep_the_k_best_in_total_order) {
         }
         for (idx_t row = 0; row < 3; ++row) {
             auto& v = all[row];
-            std::sort(v.begin(), v.end(), [](auto a, auto b) { return TopkHeaps::better(a.first, a.second, b.first, b.second); });
+            std::sort(v.begin(), v.end(), BetterPair{});
             std::vector<float> s(k);
             std::vector<idx_t> ids(k);
             h.extract(row, s.data(), ids.data());
@@ -289,7 +289,7 @@ TEST(topk_heaps_keep_the_k_best_in_total_order) {
         m.merge_row(0, h, 2);
         std::vector<std::pair<float, idx_t>> both(all[1].begin(), all[1].begin() + std::min<std::size_t>(k, all[1].size()));
         both.insert(both.end(), all[2].begin(), all[2].begin() + std::min<std::size_t>(k, all[2].size()));
-        std::sort(both.begin(), both.end(), [](auto a, auto b) { return TopkHeaps::better(a.first, a.second, b.first, b.second); });
+        std::sort(both.begin(), both.end(), BetterPair{});
         std::vector<float> s(k);
         std::vector<idx_t> ids(k);
         m.extract(0, s.data(), ids.data());
