@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -41,7 +42,8 @@ struct Scratch {
 
 std::uint8_t sq8_code(float v, float vmin, float inv_step) {
     float t = (v - vmin) * inv_step + 0.5f;
-    t = t < 0.0f ? 0.0f : (t > 255.0f ? 255.0f : t);
+    // NaN (0 * inf when 1 / step overflows) goes to 0: converting NaN to an integer is undefined.
+    t = t > 0.0f ? (t < 255.0f ? t : 255.0f) : 0.0f;
     return static_cast<std::uint8_t>(t);
 }
 
@@ -233,7 +235,9 @@ void IvfIndex::train_codec(MatrixView<const float> sample) {
                 // extreme values are the ones that decide the top neighbours, so clipping them
                 // (a trimmed range) costs more recall than the finer step gains.
                 const double lo = col[0], hi = col[n - 1];
-                const double step = hi > lo ? (hi - lo) / 255.0 : 1e-12;
+                // A subnormal step would have an infinite reciprocal: floor it at the smallest
+                // normal float.
+                const double step = hi > lo ? std::max((hi - lo) / 255.0, double{FLT_MIN}) : 1e-12;
                 a[k] = static_cast<float>(lo);
                 b[k] = static_cast<float>(step);
                 continue;

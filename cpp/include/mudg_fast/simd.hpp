@@ -95,8 +95,8 @@ struct Kernels {
     float (*max_value)(const float* z, idx_t n);
     /// Writes the indices c with z[c] >= tau to out (ascending); returns how many.
     idx_t (*collect_ge)(const float* z, idx_t n, float tau, std::int32_t* out);
-    /// Quantises one row: a = max|x| / lim (1 when x == 0), q = round(x / a) clamped to
-    /// [-lim, lim]; byte (q + offset) of dimension k goes to out[(k / 4) * stride + k % 4].
+    /// Quantises one row: a = max(max|x| / lim, FLT_MIN) (1 when x == 0), q = round(x / a)
+    /// clamped to [-lim, lim]; byte (q + offset) of dimension k goes to out[(k / 4) * stride + k % 4].
     /// Returns a, and upper bounds of a|q|, |x - a q| and |x| in stats[0..3).
     void (*quantize_row)(const float* x, idx_t d, int lim, int offset, std::uint8_t* out, idx_t stride, float* a,
                          double* stats);

@@ -124,7 +124,10 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
         amax = v > amax ? v : amax;
         x2 += x[j] * x[j];
     }
-    const float a = amax > 0 ? amax / static_cast<float>(lim) : 1.0f;
+    // At least the smallest normal float (0x1p-126): for a subnormal max|x|, amax / lim could
+    // underflow and 1 / a overflow, and x * inf is not convertible to int.
+    float a = amax > 0 ? amax / static_cast<float>(lim) : 1.0f;
+    a = a < 0x1p-126f ? 0x1p-126f : a;
     const float inv = 1.0f / a;
     const __m256 va = _mm256_set1_ps(a), vinv = _mm256_set1_ps(inv);
     const __m256i vlim = _mm256_set1_epi32(lim), vnlim = _mm256_set1_epi32(-lim), voff = _mm256_set1_epi32(offset);
@@ -149,18 +152,27 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
     }
     float q2 = hsum8(vq2), e2 = hsum8(ve2);
     for (; k < d; ++k) {
-        float f = x[k] * inv;
-        int q = static_cast<int>(f >= 0 ? f + 0.5f : f - 0.5f);
+        // The same arithmetic as the vector lanes above: round to nearest even, and the residual
+        // x - a q with one rounding (a separate product would round the residual away).
+        const float f = x[k] * inv;
+        int q = _mm_cvtss_si32(_mm_set_ss(f));
         q = q > lim ? lim : (q < -lim ? -lim : q);
-        const float e = x[k] - a * static_cast<float>(q);
+        const float e = _mm_cvtss_f32(_mm_fnmadd_ss(_mm_set_ss(a), _mm_set_ss(static_cast<float>(q)), _mm_set_ss(x[k])));
         q2 += static_cast<float>(q * q);
         e2 += e * e;
         out[(k / 4) * stride + (k % 4)] = static_cast<std::uint8_t>(q + offset);
     }
     // Float sums of d squares are within d*u relative of the truth: inflate to stay an upper bound.
+    // Squares that underflow lose at most 2^-150 each: covered by e2's 1e-40 floor, and for |x|
+    // by summing in double when the row is so small that its squares underflow.
     const double infl = 1.0 + 4.0 * static_cast<double>(d) * 0x1.0p-24;
+    double x2d = x2;
+    if (amax < 0x1p-40f) {
+        x2d = 0;
+        for (idx_t j = 0; j < d; ++j) x2d += static_cast<double>(x[j]) * x[j];
+    }
     *a_out = a;
     stats[0] = static_cast<double>(a) * std::sqrt(static_cast<double>(q2) * infl);
     stats[1] = std::sqrt(static_cast<double>(e2) * infl + 1e-40) * (1.0 + 1e-6);
-    stats[2] = std::sqrt(static_cast<double>(x2) * infl) * (1.0 + 1e-6);
+    stats[2] = std::sqrt(x2d * infl) * (1.0 + 1e-6);
 }

@@ -118,7 +118,10 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
         amax = std::max(amax, std::fabs(x[k]));
         x2 += static_cast<double>(x[k]) * x[k];
     }
-    const float a = amax > 0 ? amax / static_cast<float>(lim) : 1.0f;
+    // At least the smallest normal float (0x1p-126): for a subnormal max|x|, amax / lim could
+    // underflow and 1 / a overflow, and x * inf is not convertible to int.
+    float a = amax > 0 ? amax / static_cast<float>(lim) : 1.0f;
+    a = a < 0x1p-126f ? 0x1p-126f : a;
     const float inv = 1.0f / a;
     double q2 = 0, e2 = 0;
     for (idx_t k = 0; k < d; ++k) {
