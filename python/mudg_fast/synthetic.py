@@ -304,6 +304,7 @@ class SyntheticParams:
 
     def validate(self, dim: int) -> None:
         """Raises TypeError for a non-numeric field and ValueError for a value outside its range."""
+        _check_int(dim, "dim")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name == "model":
@@ -566,6 +567,14 @@ class SyntheticTextEncoder:
     def __init__(self, *, seed: int = 0, dim: int = 512, params: SyntheticParams | None = None,
                  concept_names=()):
         params = SyntheticParams() if params is None else params
+        if not isinstance(params, SyntheticParams):
+            raise TypeError(f"params must be a SyntheticParams, got {type(params).__name__}")
+        if isinstance(concept_names, str):
+            raise TypeError("concept_names must be a list of str, got a single str")
+        concept_names = list(concept_names)
+        for name in concept_names:
+            if not isinstance(name, str):
+                raise TypeError(f"concept_names must hold str, got {type(name).__name__}")
         seed = _check_seed(seed)
         dim = _check_int(dim, "dim", minimum=8)
         params.validate(dim)
@@ -992,6 +1001,7 @@ COCO500_STATISTICS: dict[str, float] = {
 def modality_gap(images, captions, *, chunk_rows: int = 65536) -> float:
     """Euclidean distance between the mean image and the mean caption embedding (float64
     accumulation, chunked). ``images`` (n, d) and ``captions`` (m, d) may differ in length."""
+    chunk_rows = _check_int(chunk_rows, "chunk_rows", minimum=1)
     images = as_matrix(images, name="images")
     captions = as_matrix(captions, name="captions", dim=images.shape[1])
 
