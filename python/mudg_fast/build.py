@@ -95,9 +95,9 @@ def parse_memory(value) -> Optional[int]:
             r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(?:i?b)?\s*", value, flags=re.IGNORECASE
         )
         if m:
-            n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-            if n > 0:
-                return n
+            f = float(m.group(1)) * _UNITS[m.group(2).lower()]
+            if math.isfinite(f) and f >= 1:
+                return int(f)
     raise BuildError(
         f"cannot read memory size {value!r}: use bytes or a number with a unit, e.g. '4GB', '512MB'"
     )
@@ -200,6 +200,15 @@ def plan_build(
 ) -> BuildPlan:
     """Memory, disk and batch size of a build over ``images`` (raises BuildError when the budget
     cannot hold the index plus a minimal batch, or the training sample)."""
+    if not isinstance(images, EmbeddingShards):
+        raise TypeError(f"images must be an EmbeddingShards, got {type(images).__name__}")
+    nlist = _check_int("nlist", nlist)
+    if codec not in CODECS:
+        raise BuildError(f"codec must be one of {CODECS}, got {codec!r}")
+    if train_size is not None:
+        train_size = _check_int("train_size", train_size)
+    if batch_size is not None:
+        batch_size = _check_int("batch_size", batch_size)
     ntotal, dim = images.ntotal, images.dim
     budget = parse_memory(memory_budget)
     if budget is None:
