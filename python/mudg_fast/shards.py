@@ -669,6 +669,8 @@ def sample_ids(ntotal: int, n: int, seed: int) -> np.ndarray:
             raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
         if v < 0:
             raise ValueError(f"{name} must be >= 0, got {v}")
+    if ntotal > np.iinfo(np.int64).max:
+        raise ValueError(f"ntotal={ntotal} does not fit in int64")
     n = min(int(n), int(ntotal))
     ids = np.random.default_rng(int(seed)).choice(int(ntotal), size=n, replace=False)
     return np.sort(ids.astype(np.int64))
