@@ -361,6 +361,8 @@ class SyntheticParams:
         if sum(sizes) > room:
             f = room / sum(sizes)
             sizes = [max(1, int(s * f)) for s in sizes]
+            while sum(sizes) > room:      # max(1, .) can overshoot when one size dominates
+                sizes[sizes.index(max(sizes))] -= 1
         return tuple(sizes)
 
 
