@@ -232,6 +232,9 @@ def select_training_set(cands: Candidates, embeddings, *, threshold: float = 0.2
     id, or a callable ``ids -> (n, d)`` (e.g. reading the source shards)."""
     _check_candidates(cands)
     threshold = check_threshold(threshold)
+    # checked here too, not only when some candidate passes the filter and reaches the selection
+    select_by_clustering(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), k_per_class, strategy=strategy,
+                         seed=seed, num_threads=num_threads)
     t0 = time.perf_counter()
     dim = cands.prototypes.shape[1]
     emb = _fetch(embeddings, cands.ids, dim) if len(cands) else np.zeros((0, dim), np.float32)
