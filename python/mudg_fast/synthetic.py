@@ -1017,12 +1017,16 @@ def modality_gap(images, captions, *, chunk_rows: int = 65536) -> float:
 
 
 def _variance_in_top_pcs(x, y, k):
-    """Fraction of y's centred variance inside the span of x's top-k principal directions."""
+    """Fraction of y's centred variance inside the span of x's top-k principal directions (NaN
+    when y has no variance: every row the same)."""
     xc = x - x.mean(0)
     yc = y - y.mean(0)
+    total = (yc ** 2).sum()
+    if total == 0:
+        return float("nan")
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
     b = vt[:k]
-    return float(((yc @ b.T) ** 2).sum() / (yc ** 2).sum())
+    return float(((yc @ b.T) ** 2).sum() / total)
 
 
 def cross_modal_statistics(images, captions, *, sample: int | None = 500, seed: int = 0) -> dict:
@@ -1040,7 +1044,8 @@ def cross_modal_statistics(images, captions, *, sample: int | None = 500, seed: 
       hit at k if fewer than k images score strictly higher than its own image;
     - image_variance_in_caption_pcs: fraction of the images' centred variance inside the top-10
       principal directions of the captions (low when images carry variance captions do not
-      describe), and caption_variance_in_image_pcs the converse;
+      describe), and caption_variance_in_image_pcs the converse (NaN when that modality's rows are
+      all equal);
     - n_pairs.
 
     At most 20 000 pairs (the statistics use an n x n similarity matrix).
