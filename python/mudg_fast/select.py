@@ -53,7 +53,9 @@ def filter_by_similarity(embeddings, labels, prototypes, threshold: float = 0.25
     """Boolean mask (n,): keep image i when <embedding_i, prototype[label_i]> > threshold (SPEC §4.1;
     the prototypes are the unaugmented class-prompt embeddings, default threshold 0.25)."""
     threshold = check_threshold(threshold)
-    return similarity_to_prototypes(embeddings, labels, prototypes, num_threads=num_threads) > threshold
+    sim = similarity_to_prototypes(embeddings, labels, prototypes, num_threads=num_threads)
+    with np.errstate(over="ignore"):      # |threshold| beyond float32 compares as +-inf, correctly
+        return sim > threshold
 
 
 def select_by_clustering(embeddings, labels, k_per_class: int, strategy: str = "random", seed: int = 0, *,
