@@ -301,6 +301,10 @@ def test_synthetic_modality_gap_and_statistics(data, chunk_rows):
         return
     assert len(x) == len(p) and len(x) >= 2
     assert stats["recall_at_1"] <= stats["recall_at_5"] <= stats["recall_at_10"] <= 1.0
+    shares = ("image_variance_in_caption_pcs", "caption_variance_in_image_pcs")
+    assert all(np.isfinite(v) for key, v in stats.items() if key not in shares)
+    for key in shares:             # NaN only when that modality has no variance in the sample
+        assert np.isnan(stats[key]) or -1e-9 <= stats[key] <= 1 + 1e-9
     assert stats["n_pairs"] == (len(x) if sample is None or sample >= len(x) else sample)
     if stats["n_pairs"] == len(x):
         x64, p64 = x.astype(np.float32).astype(np.float64), np.asarray(p).astype(np.float32).astype(np.float64)
