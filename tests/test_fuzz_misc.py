@@ -315,6 +315,8 @@ def test_synthetic_modality_gap_and_statistics(data, chunk_rows):
 # the synthetic corpus and text encoder
 
 ENCODER = synthetic.SyntheticTextEncoder(dim=16, seed=2, concept_names=["zebra crossing", "Mr. Whiskers"])
+PROBE = ["a photo of a zebra crossing, at night.", "mr whiskers"]
+PROBE_EMBEDDING = ENCODER.encode_text(PROBE)
 NASTY = ["", " ", "{}", "\x00", "日本語", "ÄÖÜ ß", "🙂", "\ud800", "a photo of a dog.", "A PHOTO OF A DOG!",
          "a photo of a zebra crossing, at night.", "mr whiskers", "x" * 3000, "dog " * 300, "the of a",
          "striped tiger", "hot-dog's", "1234", "\n\t"]
@@ -328,6 +330,8 @@ TEXTS = st.one_of(st.sampled_from(NASTY), st.text(max_size=20), st.from_regex(r"
        mostly(POSITIVE, NOT_POSITIVE))
 def test_synthetic_text_encoder(texts, batch_size):
     out = attempt(ENCODER.encode_text, texts, batch_size=batch_size)
+    # whatever happened, the encoder (and its caches) still give the same embeddings
+    np.testing.assert_array_equal(ENCODER.encode_text(PROBE), PROBE_EMBEDDING)
     if raised(out):
         assert (texts is None or isinstance(texts, str) or any(not isinstance(t, str) for t in texts)
                 or not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
@@ -496,8 +500,15 @@ def clip_encoder():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model, _, pre, tok = tiny_parts(0)
-    yield ClipEncoder.from_model(model, tok, pre, batch_size=3, progress=False)
+    enc = ClipEncoder.from_model(model, tok, pre, batch_size=3, progress=False)
+    enc.probe = enc.encode_text(["a photo of a dog."])
+    yield enc
     torch.set_num_threads(threads)
+
+
+def _clip_unchanged(enc):
+    """A failed (or any) call leaves the encoder usable and its output unchanged."""
+    np.testing.assert_allclose(enc.encode_text(["a photo of a dog."]), enc.probe, atol=1e-6)
 
 
 @examples(30)
@@ -505,6 +516,7 @@ def clip_encoder():
                                                           min_size=1, max_size=3), TEXTS, st.none()))
 def test_clip_encode_text(clip_encoder, texts):
     out = attempt(clip_encoder.encode_text, texts)
+    _clip_unchanged(clip_encoder)
     if raised(out):
         assert texts is None or isinstance(texts, str) or any(not isinstance(t, str) for t in texts)
         return
@@ -546,6 +558,7 @@ def test_clip_encode_images(clip_encoder, tmp_path_factory, data):
     folder.mkdir(exist_ok=True)
     items = data.draw(st.lists(images(folder), max_size=4))
     out = attempt(clip_encoder.encode_images, [im for im, _ in items], allowed=(TypeError, ValueError, OSError))
+    _clip_unchanged(clip_encoder)
     if all(ok for _, ok in items):
         assert not raised(out), out
         assert out.shape == (len(items), clip_encoder.dim) and np.isfinite(out).all()

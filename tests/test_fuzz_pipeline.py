@@ -206,8 +206,11 @@ def test_load_descriptor_pool_files(tmp_path_factory, lines, encoding):
     else:
         path.write_bytes(bytes(range(256)))
     pool = attempt(augment.load_descriptor_pool, path, allowed=FILES)
+    kept = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    well_formed = encoding == "utf8" and set(lines) <= set(GOOD_LINES) and kept and len(set(kept)) == len(kept)
     if raised(pool):
         assert isinstance(pool.exc, ValueError), pool   # a readable file: only ValueError
+        assert not well_formed, (lines, pool)           # ... and only for a malformed pool
         return
     assert encoding == "utf8"
     check_pool_against_file(pool, text.splitlines())

@@ -114,6 +114,9 @@ def test_combine_matches_rank_voting(data, args):
         again = attempt(combine_retrievals, ids, sc, kwargs["seed"], num_threads=threads)
         for x, y in zip(again, (out.ids, out.labels, out.votes)):
             np.testing.assert_array_equal(x, y)
+    # scores that do not match the ids one to one are refused
+    mismatched = np.zeros(ids.shape[:2] + (ids.shape[2] + 1,), np.float32)
+    assert raised(attempt(combine_retrievals, ids, mismatched, kwargs["seed"]))
 
 
 @examples(300)
