@@ -170,3 +170,39 @@ def numpy_topk_ip(q: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
 
 def fuzz_call_count() -> int:
     return sum(CALLS.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments with at most one broken value
+
+
+@st.composite
+def arguments(draw, spec: dict, valid_share: float = 0.5):
+    """Keyword arguments drawn from ``spec = {name: (valid strategy, junk strategy)}``.
+
+    Returns ``(kwargs, broken)``: with probability ``valid_share`` every argument is valid and
+    ``broken`` is None; otherwise exactly one argument, ``broken``, comes from its junk strategy.
+    One bad argument at a time keeps most calls past the validation, where the real work is,
+    and tells the test which exception to expect.
+    """
+    names = sorted(spec)
+    broken = None
+    if names and draw(st.integers(0, 99)) >= 100 * valid_share:
+        broken = draw(st.sampled_from(names))
+    return {n: draw(spec[n][1] if n == broken else spec[n][0]) for n in names}, broken
+
+
+@st.composite
+def mostly(draw, valid, junk, share: float = 0.75):
+    """``valid`` with probability about ``share``, else ``junk``. (``st.one_of(a, a, b)`` does
+    not weight: hypothesis merges the repeated strategy.)"""
+    return draw(valid if draw(st.integers(0, 99)) < 100 * share else junk)
+
+
+#: seeds: every non-negative integer below 2**64 (numpy integers too), and junk
+VALID_SEEDS = st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 50),
+                        st.sampled_from([np.int64(7), np.uint64(3), np.int32(0)]))
+JUNK_SEEDS = st.sampled_from([-1, 2**64, 1.5, float("nan"), None, "0", True, np.float64(2.0)])
+#: num_threads: None or a small positive integer, and junk
+VALID_THREADS = st.sampled_from([None, 1, 2, 3, np.int64(2)])
+JUNK_THREADS = st.sampled_from([0, -1, 1.5, "2", True, 2**40])

@@ -104,33 +104,37 @@ std::vector<idx_t> select_by_clustering(MatrixView<const float> x, const std::in
                                         const SelectionParams& p) {
     MUDG_CHECK(p.k_per_class >= 1, "k_per_class must be >= 1, got %lld", (long long)p.k_per_class);
     const idx_t n = x.rows, d = x.cols;
-    std::int64_t n_classes = 0;
-    for (idx_t i = 0; i < n; ++i) {
+    for (idx_t i = 0; i < n; ++i)
         MUDG_CHECK(labels[i] >= 0, "labels must be >= 0, got %lld", (long long)labels[i]);
-        n_classes = std::max(n_classes, labels[i] + 1);
-    }
-    // Members per class, ascending.
-    std::vector<idx_t> start(n_classes + 1, 0), members(n);
-    for (idx_t i = 0; i < n; ++i) ++start[labels[i] + 1];
-    for (std::int64_t c = 0; c < n_classes; ++c) start[c + 1] += start[c];
-    {
-        std::vector<idx_t> fill(start.begin(), start.end() - 1);
-        for (idx_t i = 0; i < n; ++i) members[fill[labels[i]]++] = i;
-    }
-    std::vector<std::vector<idx_t>> picked(n_classes);
+    // Members grouped by class (ascending row index within a class). Classes are the distinct
+    // label values, found by sorting: memory is O(n) whatever the label values are.
+    std::vector<idx_t> members(n);
+    std::iota(members.begin(), members.end(), idx_t{0});
+    std::stable_sort(members.begin(), members.end(), [&](idx_t a, idx_t b) { return labels[a] < labels[b]; });
+    std::vector<std::int64_t> classes;  // distinct label values, ascending
+    std::vector<idx_t> start;           // members of classes[g]: [start[g], start[g + 1])
+    for (idx_t i = 0; i < n; ++i)
+        if (i == 0 || labels[members[i]] != labels[members[i - 1]]) {
+            classes.push_back(labels[members[i]]);
+            start.push_back(i);
+        }
+    start.push_back(n);
+    const auto n_groups = static_cast<std::int64_t>(classes.size());
+    std::vector<std::vector<idx_t>> picked(n_groups);
     // Largest classes first: they dominate the time.
-    std::vector<std::int64_t> order(n_classes);
+    std::vector<std::int64_t> order(n_groups);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
                      [&](std::int64_t a, std::int64_t b) { return start[a + 1] - start[a] > start[b + 1] - start[b]; });
-    parallel_for(n_classes, 1, p.n_threads, [&](idx_t o0, idx_t o1, int) {
+    parallel_for(n_groups, 1, p.n_threads, [&](idx_t o0, idx_t o1, int) {
         std::vector<float> xs, cent;
         std::vector<idx_t> lab;
         for (idx_t o = o0; o < o1; ++o) {
-            const std::int64_t c = order[o];
-            const idx_t m = start[c + 1] - start[c];
-            const idx_t* mem = members.data() + start[c];
-            std::vector<idx_t>& out = picked[c];
+            const std::int64_t g = order[o];
+            const std::int64_t c = classes[g];  // the label value seeds this class's streams
+            const idx_t m = start[g + 1] - start[g];
+            const idx_t* mem = members.data() + start[g];
+            std::vector<idx_t>& out = picked[g];
             if (m <= p.k_per_class) {
                 out.assign(mem, mem + m);
                 continue;

@@ -76,4 +76,8 @@ def detected_simd_level() -> str:
 def set_simd_level(level: str) -> None:
     """Switch the active SIMD level at run time (tests and benchmarks). Raises ValueError if the
     CPU lacks it."""
+    if not isinstance(level, str):
+        raise TypeError(f"level must be a str such as 'scalar' or 'avx2', got {type(level).__name__}")
+    if "\x00" in level:
+        raise ValueError(f"unknown SIMD level {level!r}")
     _core.set_simd_level(level)

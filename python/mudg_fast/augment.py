@@ -252,12 +252,23 @@ def _encode(encoder, prompts: list[str], dim: int | None) -> np.ndarray:
                          "texts; expected (n_texts, dim)")
     if dim is not None and out.shape[1] != dim:
         raise ValueError(f"encoder.encode_text returned {out.shape[1]} dimensions, earlier {dim}")
-    out = np.array(out, dtype=np.float32)        # own copy: normalised in place below
     if not np.isfinite(out).all():
         raise ValueError("encoder.encode_text returned NaN or infinite values")
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError("encoder.encode_text returned an all-zero embedding; cannot normalise it")
+    raw = out
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.array(raw, dtype=np.float32)        # own copy: normalised in place below
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+    # Rows whose float32 sum of squares overflows or underflows (or that overflow float32
+    # themselves) are normalised in float64 after scaling by their largest magnitude.
+    extreme = ~((norms > 1e-18) & (norms < 1e18))[:, 0]
+    if extreme.any():
+        rows = raw[extreme].astype(np.float64)
+        scale = np.abs(rows).max(axis=1, keepdims=True)
+        if (scale == 0).any():
+            raise ValueError("encoder.encode_text returned an all-zero embedding; cannot normalise it")
+        rows /= scale
+        out[extreme] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        norms[extreme] = 1.0
     out /= norms
     return out
 

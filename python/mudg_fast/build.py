@@ -44,7 +44,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from . import _core
-from ._arrays import resolve_threads
+from ._arrays import INT32_MAX, MAX_THREADS, resolve_threads
 from .index import CODECS, IVFIndex, _temp_path, atomic_write
 from .shards import EmbeddingShards, ShardError, check_aligned, gather, sample_ids
 
@@ -95,9 +95,9 @@ def parse_memory(value) -> Optional[int]:
             r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(?:i?b)?\s*", value, flags=re.IGNORECASE
         )
         if m:
-            n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-            if n > 0:
-                return n
+            f = float(m.group(1)) * _UNITS[m.group(2).lower()]
+            if math.isfinite(f) and f >= 1:
+                return int(f)
     raise BuildError(
         f"cannot read memory size {value!r}: use bytes or a number with a unit, e.g. '4GB', '512MB'"
     )
@@ -200,6 +200,15 @@ def plan_build(
 ) -> BuildPlan:
     """Memory, disk and batch size of a build over ``images`` (raises BuildError when the budget
     cannot hold the index plus a minimal batch, or the training sample)."""
+    if not isinstance(images, EmbeddingShards):
+        raise TypeError(f"images must be an EmbeddingShards, got {type(images).__name__}")
+    nlist = _check_int("nlist", nlist)
+    if codec not in CODECS:
+        raise BuildError(f"codec must be one of {CODECS}, got {codec!r}")
+    if train_size is not None:
+        train_size = _check_int("train_size", train_size)
+    if batch_size is not None:
+        batch_size = _check_int("batch_size", batch_size)
     ntotal, dim = images.ntotal, images.dim
     budget = parse_memory(memory_budget)
     if budget is None:
@@ -556,9 +565,11 @@ def _peak_rss_bytes() -> Optional[int]:
 # the build
 
 
-def _check_int(name, v, lo=1):
+def _check_int(name, v, lo=1, hi=None):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
         raise BuildError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if hi is not None and v > hi:
+        raise BuildError(f"{name} must be at most {hi}, got {v!r}")
     return int(v)
 
 
@@ -619,9 +630,9 @@ def build_index(
     nlist = _check_int("nlist", nlist)
     if codec not in CODECS:
         raise BuildError(f"codec must be one of {CODECS}, got {codec!r}")
-    seed = _check_int("seed", seed, 0)
-    max_iter = _check_int("max_iter", max_iter)
-    nprobe = _check_int("nprobe", nprobe)
+    seed = _check_int("seed", seed, 0, 2**64 - 1)
+    max_iter = _check_int("max_iter", max_iter, 1, INT32_MAX)
+    nprobe = _check_int("nprobe", nprobe, 1, INT32_MAX)
     if train_size is not None:
         train_size = _check_int("train_size", train_size)
     if batch_size is not None:
@@ -629,7 +640,7 @@ def build_index(
     if checkpoint_every is not None:
         checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 0)
     if num_threads is not None:
-        _check_int("num_threads", num_threads)
+        _check_int("num_threads", num_threads, 1, MAX_THREADS)
     if not (isinstance(progress, bool) or callable(progress)):
         raise BuildError(
             f"progress must be True, False or a callable(done, total), got {progress!r}"

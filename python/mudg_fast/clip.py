@@ -358,13 +358,18 @@ def decode_image(source, name: str | None = None):
     from PIL import Image, UnidentifiedImageError
 
     if _is_image_like(source):
-        return source.convert("RGB")
-    try:
-        with Image.open(source) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        where = name if name is not None else os.fspath(source)
-        raise ValueError(f"cannot decode image {where}: {e}") from e
+        im = source.convert("RGB")
+    else:
+        try:
+            with Image.open(source) as f:
+                im = f.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            where = name if name is not None else os.fspath(source)
+            raise ValueError(f"cannot decode image {where}: {e}") from e
+    if 0 in im.size:
+        where = name if name is not None else ("a PIL image" if _is_image_like(source) else os.fspath(source))
+        raise ValueError(f"cannot encode {where} of size {im.size}: an image needs at least one pixel")
+    return im
 
 
 def _decode(items: list, num_workers: int) -> list:

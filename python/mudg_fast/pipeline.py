@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .index import IVFIndex, atomic_write
 from .retrieve import combine_retrievals
-from .select import select_by_clustering, similarity_to_prototypes
+from .select import check_threshold, select_by_clustering, similarity_to_prototypes
 
 __all__ = ["Candidates", "TrainingSet", "build_training_set", "check_classnames", "retrieve_candidates",
            "select_training_set", "write_manifest"]
@@ -71,10 +72,30 @@ class TrainingSet:
 
 
 def _encode(encoder, texts):
-    x = np.asarray(encoder.encode_text(list(texts)), dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] != len(texts):
+    x = np.asarray(encoder.encode_text(list(texts)))
+    if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
+        raise TypeError(f"encoder.encode_text returned dtype {x.dtype}; expected a float array")
+    if x.ndim != 2 or x.shape[0] != len(texts) or x.shape[1] == 0:
         raise ValueError(f"encoder.encode_text returned shape {x.shape} for {len(texts)} texts")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("encoder.encode_text returned NaN, infinite or beyond-float32 values")
     return x
+
+
+def _check_text_list(values, what: str) -> list:
+    """A list of distinct str (descriptors, a descriptor pool); a single str is refused."""
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a list of strings, got a single str")
+    values = list(values)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise TypeError(f"{what} must hold strings, got {type(v).__name__} at position {i}")
+    if len(set(values)) != len(values):
+        dups = sorted({v for v in values if values.count(v) > 1})
+        raise ValueError(f"duplicate {what}: {dups}")
+    return values
 
 
 @dataclass
@@ -111,6 +132,11 @@ def retrieve_candidates(index: IVFIndex, encoder, classnames, *, template: str =
     say = log or (lambda s: None)
     names = check_classnames(classnames)
     template = augment.get_template(template)
+    missing = [a for a in ("ntotal", "dim", "search") if not hasattr(index, a)]
+    if missing:
+        raise TypeError(f"index must be an IVFIndex, got {type(index).__name__}")
+    if not callable(getattr(encoder, "encode_text", None)):
+        raise TypeError(f"encoder must have an encode_text(list[str]) method, got {type(encoder).__name__}")
     if index.ntotal == 0:
         raise ValueError("the index is empty: add image embeddings before retrieving")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -121,13 +147,17 @@ def retrieve_candidates(index: IVFIndex, encoder, classnames, *, template: str =
     prototypes = _encode(encoder, [augment.format_prompt(template, c) for c in names])
     if prototypes.shape[1] != index.dim:
         raise ValueError(f"the encoder gives {prototypes.shape[1]}-d vectors but the index holds {index.dim}-d ones")
-    prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
+    norms = np.linalg.norm(prototypes.astype(np.float64), axis=1, keepdims=True)
+    if (norms == 0).any():
+        bad = names[int(np.flatnonzero(norms[:, 0] == 0)[0])]
+        raise ValueError(f"encoder.encode_text gave an all-zero prototype (class {bad!r}); cannot normalise it")
+    prototypes = (prototypes / norms).astype(np.float32)
     if descriptors is None:
-        pool = augment.load_descriptor_pool() if pool is None else list(pool)
+        pool = augment.load_descriptor_pool() if pool is None else _check_text_list(pool, "descriptor pool")
         descriptors = augment.select_descriptors(encoder, names, template, pool, m=min(m, len(pool)),
                                                  n_groups=n_groups, seed=seed)
         say(f"selected {len(descriptors)} descriptors from a pool of {len(pool)}")
-    descriptors = list(descriptors)
+    descriptors = _check_text_list(descriptors, "descriptors")
     variants = descriptors if descriptors else [None]
     prompts = [augment.format_prompt(template, c, d) for d in variants for c in names]
     queries = _encode(encoder, prompts)
@@ -153,17 +183,46 @@ def _fetch(embeddings, ids, dim):
         emb = embeddings(ids)
     elif hasattr(embeddings, "reconstruct"):
         emb = embeddings.reconstruct(ids)
-    elif (isinstance(embeddings, np.ndarray) and embeddings.dtype == np.float32 and embeddings.ndim == 2
-          and embeddings.flags.c_contiguous):
-        from . import _core  # parallel row copies (also from memory maps)
-
-        emb = _core.gather_rows(embeddings, np.ascontiguousarray(ids, dtype=np.int64), 0)
+    elif hasattr(embeddings, "fetch"):  # EmbeddingShards
+        emb = embeddings.fetch(ids)
     else:
-        emb = embeddings[ids]
-    emb = np.asarray(emb, dtype=np.float32)
+        a = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
+        if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+            raise TypeError("embeddings must be an IVFIndex, a callable ids -> (n, d) or a numeric array "
+                            f"indexed by id, got {type(embeddings).__name__} of dtype {a.dtype}")
+        if a.ndim != 2:
+            raise ValueError(f"an embeddings array must be 2-D (n, {dim}), got shape {a.shape}")
+        if len(ids) and (ids.min() < 0 or ids.max() >= a.shape[0]):
+            bad = ids.min() if ids.min() < 0 else ids.max()
+            raise ValueError(f"id {bad} is out of range for an embeddings array of {a.shape[0]} rows")
+        if a.dtype == np.float32 and a.flags.c_contiguous:
+            from . import _core  # parallel row copies (also from memory maps)
+
+            emb = _core.gather_rows(a, np.ascontiguousarray(ids, dtype=np.int64), 0)
+        else:
+            emb = a[ids]
+    emb = np.asarray(emb)
+    if emb.dtype.kind not in "fiu" or emb.dtype == np.bool_:
+        raise TypeError(f"embeddings for {len(ids)} ids came back with dtype {emb.dtype}")
+    emb = emb.astype(np.float32, copy=False)
     if emb.shape != (len(ids), dim):
         raise ValueError(f"embeddings for {len(ids)} ids came back with shape {emb.shape}")
     return emb
+
+
+def _check_candidates(c) -> None:
+    if not isinstance(c, Candidates):
+        raise TypeError(f"cands must be a Candidates (from retrieve_candidates), got {type(c).__name__}")
+    ids = np.asarray(c.ids)
+    if ids.dtype.kind not in "iu" or ids.ndim != 1:
+        raise ValueError(f"cands.ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    for name in ("labels", "votes", "best_score"):
+        v = np.asarray(getattr(c, name))
+        if v.shape != ids.shape:
+            raise ValueError(f"cands.{name} has shape {v.shape} but cands.ids has {ids.shape}")
+    p = np.asarray(c.prototypes)
+    if p.ndim != 2 or p.shape[0] != len(c.classnames):
+        raise ValueError(f"cands.prototypes must have one row per class ({len(c.classnames)}), got {p.shape}")
 
 
 def select_training_set(cands: Candidates, embeddings, *, threshold: float = 0.25, k_per_class: int = 48,
@@ -171,6 +230,11 @@ def select_training_set(cands: Candidates, embeddings, *, threshold: float = 0.2
     """Similarity filter against the unaugmented prototypes, then per-class k-means selection
     (SPEC §4). ``embeddings``: an IVFIndex (reconstructed codes), an array / memory map indexed by
     id, or a callable ``ids -> (n, d)`` (e.g. reading the source shards)."""
+    _check_candidates(cands)
+    threshold = check_threshold(threshold)
+    # checked here too, not only when some candidate passes the filter and reaches the selection
+    select_by_clustering(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), k_per_class, strategy=strategy,
+                         seed=seed, num_threads=num_threads)
     t0 = time.perf_counter()
     dim = cands.prototypes.shape[1]
     emb = _fetch(embeddings, cands.ids, dim) if len(cands) else np.zeros((0, dim), np.float32)
@@ -226,6 +290,12 @@ def write_manifest(ts: TrainingSet, path, *, metadata=None, summary_path=None, e
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError("writing the manifest needs pyarrow: pip install 'mudg_fast[pipeline]'") from e
+    if not isinstance(ts, TrainingSet):
+        raise TypeError(f"ts must be a TrainingSet, got {type(ts).__name__}")
+    if metadata is not None and not (isinstance(metadata, Mapping) or hasattr(metadata, "to_pydict")):
+        raise TypeError(f"metadata must be a dict of columns or a pyarrow Table, got {type(metadata).__name__}")
+    if extra_summary is not None and not isinstance(extra_summary, Mapping):
+        raise TypeError(f"extra_summary must be a dict, got {type(extra_summary).__name__}")
     path = Path(path)
     cols = {
         "id": pa.array(ts.ids, pa.int64()),
@@ -238,12 +308,19 @@ def write_manifest(ts: TrainingSet, path, *, metadata=None, summary_path=None, e
     if metadata is not None:
         items = (metadata.to_pydict().items() if hasattr(metadata, "to_pydict") else dict(metadata).items())
         for name, values in items:
+            if not isinstance(name, str):
+                raise TypeError(f"metadata column names must be str, got {type(name).__name__}")
             if name in cols:
                 continue
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+                raise TypeError(f"metadata column {name!r} must be a sequence, got {type(values).__name__}")
             values = list(values)
             if len(values) != len(ts):
                 raise ValueError(f"metadata column {name!r} has {len(values)} rows, the manifest {len(ts)}")
-            cols[name] = pa.array(values)
+            try:
+                cols[name] = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise ValueError(f"metadata column {name!r} cannot be stored: {e}") from None
     table = pa.table(cols)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     summary_path = Path(summary_path) if summary_path else path.with_suffix(".json")

@@ -97,12 +97,15 @@ def recall_at_k(found, truth, k: Optional[int] = None) -> np.ndarray:
     padding and do not count; NaN where a query has no true neighbour). float64 (n,)."""
     found = np.asarray(found)
     truth = np.asarray(truth)
+    for name, a in (("found", found), ("truth", truth)):
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer ids, got dtype {a.dtype}")
     if found.ndim != 2 or truth.ndim != 2 or found.shape[0] != truth.shape[0]:
         raise ValueError(
             f"found and truth must be 2-D with the same number of rows, got {found.shape} and "
             f"{truth.shape}"
         )
-    k = min(found.shape[1], truth.shape[1]) if k is None else k
+    k = min(found.shape[1], truth.shape[1]) if k is None else check_k(k)
     found, truth = found[:, :k], truth[:, :k]
     valid = truth >= 0
     hits = np.zeros(found.shape[0], dtype=np.int64)
@@ -126,10 +129,15 @@ def exact_ground_truth(
     from .shards import EmbeddingShards
 
     k = check_k(k)
+    batch_rows = check_k(batch_rows, "batch_rows")
     if not isinstance(database, EmbeddingShards):
         db = np.asarray(database)
+        if db.dtype.kind not in "fiu" or db.dtype == np.bool_:
+            raise TypeError(f"database must be a numeric array, got dtype {db.dtype}")
         if db.ndim != 2:
             raise ValueError(f"database must be a 2-D array (n, d), got shape {db.shape}")
+        if db.shape[0] == 0:
+            raise ValueError(f"database is empty (shape {db.shape}); pass at least one row")
         if db.dtype == np.float32 and db.flags.c_contiguous and not isinstance(db, np.memmap):
             return knn(queries, db, k, num_threads=num_threads)
         dim = db.shape[1]
@@ -315,6 +323,8 @@ def modality_gap(images, captions, sample: int = 10_000, seed: int = 0) -> dict:
     from .shards import EmbeddingShards, gather, sample_ids
 
     sample = check_k(sample, "sample")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(images, EmbeddingShards) or isinstance(captions, EmbeddingShards):
         if not (isinstance(images, EmbeddingShards) and isinstance(captions, EmbeddingShards)):
             raise TypeError("give two arrays or two EmbeddingShards")

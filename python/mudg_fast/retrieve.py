@@ -50,13 +50,20 @@ def combine_retrievals(ids, scores=None, seed: int = 0, *, return_details: bool 
         raise TypeError(f"ids must be an integer array, got dtype {a.dtype}")
     if a.ndim != 3 or 0 in a.shape:
         raise ValueError(f"ids must have shape (m, C, K) with no empty axis, got {a.shape}")
+    if a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"id {a.max()} does not fit in int64")
     a = np.ascontiguousarray(a, dtype=np.int64)
     s = None
     if scores is not None:
-        s = np.ascontiguousarray(np.asarray(scores), dtype=np.float32)
+        s = np.asarray(scores)
+        if s.dtype.kind not in "fiu" or s.dtype == np.bool_:
+            raise TypeError(f"scores must be a real numeric array, got dtype {s.dtype}")
         if s.shape != a.shape:
             raise ValueError(f"scores must have the same shape as ids {a.shape}, got {s.shape}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        s = np.ascontiguousarray(s, dtype=np.float32)
+        if np.isnan(s).any():
+            raise ValueError("scores contain NaN; the best score of an id would be undefined")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     r = CombinedRetrievals(*_core.combine_retrievals(a, s, int(seed), resolve_threads(num_threads)))
     return r if return_details else (r.ids, r.labels, r.votes)

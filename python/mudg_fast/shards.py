@@ -26,6 +26,7 @@ Public API: :class:`EmbeddingShards` (one folder), :class:`MetadataShards` (parq
 from __future__ import annotations
 
 import mmap
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from . import _core
 
 __all__ = [
     "ShardError",
+    "IdOutOfRangeError",
     "NpyShard",
     "EmbeddingShards",
     "MetadataShards",
@@ -54,6 +56,11 @@ _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 class ShardError(ValueError):
     """An input folder or file does not follow the shard layout; the message names the file."""
+
+
+class IdOutOfRangeError(IndexError, ValueError):
+    """An id (or row range) outside the collection. Both an IndexError (as documented since the
+    start) and a ValueError (like every other bad argument)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +201,18 @@ def _as_id_array(ids) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if a.dtype.kind not in "iu":
         raise TypeError(f"ids must be integers, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+        raise IdOutOfRangeError(f"id {a.max()} is out of range (does not fit in int64)")
     return a.reshape(-1).astype(np.int64, copy=False)
+
+
+def _check_index(v, name: str, lo: int, hi: int) -> int:
+    """An integer in [lo, hi] (TypeError / IdOutOfRangeError otherwise)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise IdOutOfRangeError(f"{name} {v} is out of range [{lo}, {hi}]")
+    return int(v)
 
 
 def _numeric_key(name: str) -> Optional[int]:
@@ -309,10 +327,17 @@ class EmbeddingShards:
         """Rows [start, stop) of one shard as float32 (stop - start, dim), written into
         ``out[:stop-start]`` when given (a C-contiguous float32 buffer with enough rows). The pages
         read are released afterwards. NaN/inf values raise ShardError naming file and row."""
+        shard = _check_index(shard, "shard", 0, len(self.shards) - 1)
         s = self.shards[shard]
+        for name, v in (("start", start), ("stop", stop)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+        start, stop = int(start), int(stop)
         if not (0 <= start <= stop <= s.rows):
-            raise IndexError(f"rows [{start}, {stop}) out of range for {s.path} ({s.rows} rows)")
+            raise IdOutOfRangeError(f"rows [{start}, {stop}) out of range for {s.path} ({s.rows} rows)")
         m = stop - start
+        if out is not None and not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
         if out is None:
             dst = np.empty((m, s.dim), dtype=np.float32)
         else:
@@ -349,9 +374,12 @@ class EmbeddingShards:
         The rows live in one reused buffer (``buffer`` or a new one of batch_size x dim): copy
         them if you keep them past the next iteration. Each shard's map is closed after use.
         """
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral):
+            raise TypeError(f"batch_size must be an integer, got {type(batch_size).__name__}")
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        start_shard = _check_index(start_shard, "start_shard", 0, len(self.shards))
         if buffer is None:
             largest = max((s.rows for s in self.shards[start_shard:]), default=0)
             buffer = np.empty((max(1, min(batch_size, largest)), self.dim), dtype=np.float32)
@@ -374,7 +402,7 @@ class EmbeddingShards:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.ntotal:
             bad = lo if lo < 0 else hi
-            raise IndexError(
+            raise IdOutOfRangeError(
                 f"id {bad} is out of range for {self.label} with {self.ntotal} rows "
                 "(filter the -1 padding of search results first)"
             )
@@ -481,7 +509,7 @@ class MetadataShards:
         ids = _as_id_array(ids)
         if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
             bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise IndexError(f"id {bad} is out of range for metadata with {self.ntotal} rows")
+            raise IdOutOfRangeError(f"id {bad} is out of range for metadata with {self.ntotal} rows")
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         which = np.searchsorted(self._offsets, sorted_ids, side="right") - 1
@@ -636,8 +664,15 @@ def fetch_metadata(source, ids, columns: Optional[Sequence[str]] = None):
 def sample_ids(ntotal: int, n: int, seed: int) -> np.ndarray:
     """Sorted int64 array of min(n, ntotal) distinct ids drawn uniformly from [0, ntotal) with a
     seeded generator (never "the first n rows")."""
+    for name, v in (("ntotal", ntotal), ("n", n), ("seed", seed)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+    if ntotal > np.iinfo(np.int64).max:
+        raise ValueError(f"ntotal={ntotal} does not fit in int64")
     n = min(int(n), int(ntotal))
-    ids = np.random.default_rng(seed).choice(int(ntotal), size=n, replace=False)
+    ids = np.random.default_rng(int(seed)).choice(int(ntotal), size=n, replace=False)
     return np.sort(ids.astype(np.int64))
 
 
@@ -646,11 +681,22 @@ def gather(
 ) -> np.ndarray:
     """float32 rows for *sorted* global ids, one shard at a time, releasing each shard's pages and
     map after use: memory stays at the output plus one shard's selected rows."""
-    ids = np.asarray(ids, dtype=np.int64)
+    if not isinstance(shards, EmbeddingShards):
+        raise TypeError(f"shards must be an EmbeddingShards, got {type(shards).__name__}")
+    a = np.asarray(ids)
+    if a.ndim != 1:
+        raise ValueError(f"ids must be a 1-D array, got shape {a.shape}")
+    ids = _as_id_array(a)
     if out is None:
         out = np.empty((ids.shape[0], shards.dim), dtype=np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32
+              and out.shape == (ids.shape[0], shards.dim)):
+        raise ValueError(f"out must be a float32 array of shape ({ids.shape[0]}, {shards.dim})")
     if ids.size and np.any(ids[1:] < ids[:-1]):
         raise ValueError("gather() needs sorted ids")
+    if ids.size and (ids[0] < 0 or ids[-1] >= shards.ntotal):
+        bad = int(ids[0]) if ids[0] < 0 else int(ids[-1])
+        raise IdOutOfRangeError(f"id {bad} is out of range for {shards.label} with {shards.ntotal} rows")
     which = shards.shard_of(ids)
     for i in np.unique(which):
         sel = np.flatnonzero(which == i)

@@ -304,6 +304,7 @@ class SyntheticParams:
 
     def validate(self, dim: int) -> None:
         """Raises TypeError for a non-numeric field and ValueError for a value outside its range."""
+        _check_int(dim, "dim")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name == "model":
@@ -360,6 +361,8 @@ class SyntheticParams:
         if sum(sizes) > room:
             f = room / sum(sizes)
             sizes = [max(1, int(s * f)) for s in sizes]
+            while sum(sizes) > room:      # max(1, .) can overshoot when one size dominates
+                sizes[sizes.index(max(sizes))] -= 1
         return tuple(sizes)
 
 
@@ -566,6 +569,14 @@ class SyntheticTextEncoder:
     def __init__(self, *, seed: int = 0, dim: int = 512, params: SyntheticParams | None = None,
                  concept_names=()):
         params = SyntheticParams() if params is None else params
+        if not isinstance(params, SyntheticParams):
+            raise TypeError(f"params must be a SyntheticParams, got {type(params).__name__}")
+        if isinstance(concept_names, str):
+            raise TypeError("concept_names must be a list of str, got a single str")
+        concept_names = list(concept_names)
+        for name in concept_names:
+            if not isinstance(name, str):
+                raise TypeError(f"concept_names must hold str, got {type(name).__name__}")
         seed = _check_seed(seed)
         dim = _check_int(dim, "dim", minimum=8)
         params.validate(dim)
@@ -992,6 +1003,7 @@ COCO500_STATISTICS: dict[str, float] = {
 def modality_gap(images, captions, *, chunk_rows: int = 65536) -> float:
     """Euclidean distance between the mean image and the mean caption embedding (float64
     accumulation, chunked). ``images`` (n, d) and ``captions`` (m, d) may differ in length."""
+    chunk_rows = _check_int(chunk_rows, "chunk_rows", minimum=1)
     images = as_matrix(images, name="images")
     captions = as_matrix(captions, name="captions", dim=images.shape[1])
 
@@ -1005,12 +1017,16 @@ def modality_gap(images, captions, *, chunk_rows: int = 65536) -> float:
 
 
 def _variance_in_top_pcs(x, y, k):
-    """Fraction of y's centred variance inside the span of x's top-k principal directions."""
+    """Fraction of y's centred variance inside the span of x's top-k principal directions (NaN
+    when y has no variance: every row the same)."""
     xc = x - x.mean(0)
     yc = y - y.mean(0)
+    total = (yc ** 2).sum()
+    if total == 0:
+        return float("nan")
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
     b = vt[:k]
-    return float(((yc @ b.T) ** 2).sum() / (yc ** 2).sum())
+    return float(((yc @ b.T) ** 2).sum() / total)
 
 
 def cross_modal_statistics(images, captions, *, sample: int | None = 500, seed: int = 0) -> dict:
@@ -1028,7 +1044,8 @@ def cross_modal_statistics(images, captions, *, sample: int | None = 500, seed: 
       hit at k if fewer than k images score strictly higher than its own image;
     - image_variance_in_caption_pcs: fraction of the images' centred variance inside the top-10
       principal directions of the captions (low when images carry variance captions do not
-      describe), and caption_variance_in_image_pcs the converse;
+      describe), and caption_variance_in_image_pcs the converse (NaN when that modality's rows are
+      all equal);
     - n_pairs.
 
     At most 20 000 pairs (the statistics use an n x n similarity matrix).

@@ -22,8 +22,13 @@ def read_classnames(spec: str) -> list[str]:
     if spec is None:
         raise CliError("give the class names with --classnames (a file or 'cat,dog,...')")
     p = Path(spec)
-    if p.exists():
-        text = p.read_text(encoding="utf-8")
+    if spec.strip() and p.is_dir():
+        raise CliError(f"{spec} is a folder; give a class list file or 'cat,dog,...'")
+    if spec.strip() and p.is_file():
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"cannot read the class list {spec}: {e}") from None
         if p.suffix.lower() == ".json":
             try:
                 obj = json.loads(text)
@@ -57,11 +62,17 @@ def read_classnames(spec: str) -> list[str]:
 def read_descriptors(path: str) -> list[str]:
     """Descriptors from a JSON list / {'descriptors': [...]} or a text file, one per line."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise CliError(f"descriptor file not found: {path}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"cannot read the descriptor file {path}: {e}") from None
     if p.suffix.lower() == ".json":
-        obj = json.loads(text)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CliError(f"{path}: not valid JSON ({e})") from None
         if isinstance(obj, dict):
             obj = obj.get("descriptors")
         if not isinstance(obj, list) or not all(isinstance(d, str) for d in obj):

@@ -120,9 +120,35 @@ def _label_part(out: Path, args) -> dict:
                              "precision_per_class": per_class, "seconds": secs, "manifest": str(manifest)}}
 
 
+def _check_args(args) -> None:
+    """Every argument checked before the (long) first part starts."""
+    from ..cli import CliError
+
+    for name in ("n_images", "n_concepts", "n_classes", "nlist"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise CliError(f"--seed must be >= 0, got {args.seed}")
+    from ..synthetic import COMPOUND_MODIFIERS, concept_vocabulary
+
+    limit = len(concept_vocabulary()) * (1 + len(COMPOUND_MODIFIERS))
+    if args.n_concepts > limit:
+        raise CliError(f"--n_concepts must be <= {limit} (the names the generator can make), got {args.n_concepts}")
+    if args.n_classes > args.n_concepts:
+        raise CliError(f"--n_classes ({args.n_classes}) cannot exceed --n_concepts ({args.n_concepts})")
+    if args.nlist > args.n_images:
+        raise CliError(f"--nlist ({args.nlist}) cannot exceed --n_images ({args.n_images})")
+    if args.n_images < 1000:
+        raise CliError(f"--n_images must be >= 1000 (the recall evaluation samples 1000 queries), "
+                       f"got {args.n_images}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out!r} exists and is not a folder")
+
+
 def run(args):
     from ..index import atomic_write
 
+    _check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -118,6 +118,12 @@ def run(args) -> int:
         raise CliError(f"--k must be >= 1, got {args.k}")
     if args.database is None and args.ground_truth is None:
         raise CliError("give --database (exact search gives the ground truth) or --ground_truth")
+    if args.seed < 0:
+        raise CliError(f"--seed must be >= 0, got {args.seed}")
+    if args.num_queries is not None and args.num_queries < 1:
+        raise CliError(f"--num_queries must be >= 1, got {args.num_queries}")
+    if args.ground_truth is not None and not Path(args.ground_truth).is_file():
+        raise CliError(f"--ground_truth {args.ground_truth!r} is not a file")
     paths = [args.index] + ([args.paired_index] if args.paired_index else [])
     if args.labels:
         labels = [s.strip() for s in args.labels.split(",")]
@@ -142,14 +148,17 @@ def run(args) -> int:
     qdim = queries_src.dim if isinstance(queries_src, EmbeddingShards) else queries_src.shape[1]
     if qdim != dim:
         raise CliError(f"queries have dim {qdim}, the index {dim}")
-    n_q = args.num_queries or (1000 if isinstance(queries_src, EmbeddingShards) else n_all)
-    if n_q < 1:
-        raise CliError(f"--num_queries must be >= 1, got {n_q}")
+    n_q = args.num_queries
+    if n_q is None:
+        n_q = 1000 if isinstance(queries_src, EmbeddingShards) else n_all
     ids = sample_ids(n_all, n_q, args.seed) if n_q < n_all else np.arange(n_all)
     try:
         queries = _rows(queries_src, ids)
         if args.ground_truth:
-            gt = np.load(args.ground_truth, allow_pickle=False)
+            try:
+                gt = np.load(args.ground_truth, allow_pickle=False)
+            except OSError as e:
+                raise CliError(f"cannot read --ground_truth {args.ground_truth!r}: {e}") from e
             if gt.ndim != 2 or gt.shape[0] != n_all:
                 raise CliError(
                     f"--ground_truth has shape {gt.shape}; expected ({n_all}, >= {args.k}) for the "
