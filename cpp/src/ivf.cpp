@@ -150,7 +150,7 @@ IvfIndex::IvfIndex(idx_t dim, idx_t nlist, Codec codec) : dim_(dim), nlist_(nlis
     MUDG_CHECK(dim >= 1, "dim must be >= 1, got %lld", (long long)dim);
     MUDG_CHECK(dim <= kMaxDim, "dim %lld is too large (at most %lld)", (long long)dim, (long long)kMaxDim);
     MUDG_CHECK(nlist >= 1, "nlist must be >= 1, got %lld", (long long)nlist);
-    MUDG_CHECK(nlist <= (idx_t{1} << 31), "nlist %lld is too large", (long long)nlist);
+    MUDG_CHECK(nlist <= kMaxNlist, "nlist %lld is too large (at most %lld)", (long long)nlist, (long long)kMaxNlist);
     lists_.resize(static_cast<std::size_t>(nlist));
 }
 

@@ -25,6 +25,7 @@ __all__ = ["CODECS", "IVFIndex", "atomic_write"]
 CODECS = ("f32", "f16", "sq8", "sq4")
 _CODEC_TRAIN_SAMPLE = 65536
 MAX_DIM = 1 << 20  # the core's kMaxDim
+MAX_NLIST = 1 << 24  # the core's kMaxNlist
 
 
 def atomic_write(path, write, *, suffix=".tmp"):
@@ -185,7 +186,7 @@ class IVFIndex:
 
     def __init__(self, dim: int, nlist: int, *, codec: str = "f32", metric: str = "ip",
                  num_threads: int | None = None):
-        for name, v, top in (("dim", dim, MAX_DIM), ("nlist", nlist, 2**31)):
+        for name, v, top in (("dim", dim, MAX_DIM), ("nlist", nlist, MAX_NLIST)):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or not 1 <= v <= top:
                 raise ValueError(f"{name} must be an integer in [1, {top}], got {v!r}")
         if codec not in CODECS:

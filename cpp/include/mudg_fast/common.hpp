@@ -30,6 +30,8 @@ struct MatrixView {
 
 /// Largest vector dimension the index accepts (CLIP and most embedding models stay below 4096).
 inline constexpr idx_t kMaxDim = idx_t{1} << 20;
+/// Largest number of inverted lists (faiss-style indexes use up to a few million).
+inline constexpr idx_t kMaxNlist = idx_t{1} << 24;
 
 /// Largest |value| a d-dimensional input may hold: at this bound every inner product of two
 /// inputs (<= d * limit^2) and every squared distance (<= 4 d limit^2) stays below FLT_MAX.
