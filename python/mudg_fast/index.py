@@ -40,20 +40,23 @@ def atomic_write(path, write, *, suffix=".tmp"):
     it behind, and the next save to ``path`` reuses and replaces it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _open_temp(path, suffix)
+    fd = tmp = None
     try:
+        fd, tmp = _open_temp(path, suffix)
         write(tmp)
         _fsync_file(tmp)
         os.chmod(tmp, _final_mode(path))  # temporary files are 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
     finally:
-        os.close(fd)  # releases the lock only now, after the rename
+        if fd is not None:
+            os.close(fd)  # releases the lock only now, after the rename
     _fsync_dir(path.parent)
 
 
@@ -81,22 +84,41 @@ def _open_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
             except OSError:  # e.g. a symlink or someone else's file: use a unique name
                 break
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # a live save holds it (or no locks here): use a unique name
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # a live save holds it (or no locks here): use a unique name
+                    os.close(fd)
+                    break
+                # Locked; but a finished save may have renamed this inode away in between: only
+                # an inode still named tmp is ours to truncate.
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(tmp, follow_symlinks=False))
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    os.ftruncate(fd, 0)
+                    return fd, str(tmp)
                 os.close(fd)
-                break
-            # Locked; but a finished save may have renamed this inode away in between: only an
-            # inode still named tmp is ours to truncate.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(tmp, follow_symlinks=False))
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                return fd, str(tmp)
-            os.close(fd)
+            except BaseException:  # Ctrl-C right after the open: leave no temporary behind
+                _drop_unused_temp(fd, tmp)
+                raise
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     return fd, name
+
+
+def _drop_unused_temp(fd: int, tmp: Path) -> None:
+    """Removes the temporary at ``tmp`` unless a live save holds it, and closes ``fd``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no-op if we already hold it
+        if os.path.samestat(os.fstat(fd), os.stat(tmp, follow_symlinks=False)):
+            os.unlink(tmp)
+    except OSError:
+        pass
+    finally:
+        try:
+            os.close(fd)
+        except OSError:  # already closed on the path that raised
+            pass
 
 
 def _fsync_file(name) -> None:
