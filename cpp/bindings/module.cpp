@@ -114,6 +114,10 @@ PYBIND11_MODULE(_core, m) {
           "int8 screening of exact searches: -1 the SIMD level's default, 0 off, 1 on (tests).");
     m.def("screening_mode", &screening_mode);
     m.def("all_finite", &all_finite, py::arg("array"), "True when the array holds no NaN or inf.");
+    m.def("magnitude_limit", &magnitude_limit, py::arg("d"),
+          "Largest |value| a d-dimensional input may hold (its float32 scores cannot overflow).");
+    m.attr("max_dim") = kMaxDim;
+    m.attr("max_nlist") = kMaxNlist;
     m.def("max_abs", &max_abs, py::arg("array"),
           "Largest absolute value of a C-contiguous float array; inf when it holds NaN or inf.");
 #ifdef MUDG_WITH_OPENMP

@@ -49,9 +49,10 @@ def magnitude_limit(d: int) -> float:
 
     At this bound every inner product of two inputs (at most d * limit^2) and every squared
     distance (at most 4 d limit^2) stays below float32's maximum, so no score can overflow to inf
-    and turn a ranking into a tie. CLIP embeddings (|value| <= 1) are nowhere near it.
+    and turn a ranking into a tie. CLIP embeddings (|value| <= 1) are nowhere near it. The core
+    holds the formula (codec parameters are checked against it there too).
     """
-    return float(np.sqrt(np.finfo(np.float32).max / (4.0 * max(int(d), 1))))
+    return _core.magnitude_limit(max(int(d), 1))
 
 
 def check_magnitude(a: np.ndarray, original, name: str) -> None:

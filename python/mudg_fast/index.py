@@ -24,8 +24,8 @@ __all__ = ["CODECS", "IVFIndex", "atomic_write"]
 
 CODECS = ("f32", "f16", "sq8", "sq4")
 _CODEC_TRAIN_SAMPLE = 65536
-MAX_DIM = 1 << 20  # the core's kMaxDim
-MAX_NLIST = 1 << 24  # the core's kMaxNlist
+MAX_DIM = _core.max_dim
+MAX_NLIST = _core.max_nlist
 
 
 def atomic_write(path, write, *, suffix=".tmp"):

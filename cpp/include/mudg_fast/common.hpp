@@ -35,7 +35,7 @@ inline constexpr idx_t kMaxNlist = idx_t{1} << 24;
 
 /// Largest |value| a d-dimensional input may hold: at this bound every inner product of two
 /// inputs (<= d * limit^2) and every squared distance (<= 4 d limit^2) stays below FLT_MAX.
-/// mudg_fast._arrays.magnitude_limit is the same formula.
+/// Python reads it through _core.magnitude_limit.
 inline double magnitude_limit(idx_t d) {
     return std::sqrt(3.4028234663852886e38 / (4.0 * static_cast<double>(d < 1 ? 1 : d)));
 }
