@@ -310,6 +310,8 @@ void IvfIndex::merge_from(const IvfIndex& o) {
     MUDG_CHECK(o.centroids_ == centroids_,
                "indexes have different centroids: merge needs indexes trained together (same centroids)");
     MUDG_CHECK(o.sq_a_ == sq_a_ && o.sq_b_ == sq_b_, "indexes have different codec parameters and cannot be merged");
+    MUDG_CHECK(o.fingerprint() == fingerprint(),
+               "indexes were trained differently (their extension state differs) and cannot be merged");
     const idx_t bbytes = block_bytes(codec_, dim_);
     std::vector<float> tmp(static_cast<std::size_t>(dim_));
     for (idx_t l = 0; l < nlist_; ++l) {
