@@ -14,6 +14,32 @@ using ivf_detail::Scratch;
 namespace {
 constexpr idx_t kRowGroup = 192;     // queries per tile-kernel call in list-major search
 constexpr idx_t kListMajorMin = 32;  // automatic mode: list-major from this many queries
+
+/// SQ4 residual form: the score of a code in list l is fma(s_l, <q, r>, <q, c_l>). The second
+/// term is computed here for packed query rows by the f32 tile kernel (one fma chain, the same
+/// at every SIMD level) against a block that holds c_l in column 0 and zeros elsewhere.
+struct CentroidTerm {
+    Scratch block, out;
+    bool zeroed = false;
+    /// Returns <q_r, c_l> for the `rows` rows packed in `a`.
+    const float* compute(const Kernels& K, const float* a, idx_t rows, const float* c, idx_t d) {
+        float* blk = block.get(kBlock * d);
+        if (!zeroed) {
+            std::fill(blk, blk + kBlock * d, 0.0f);
+            zeroed = true;
+        }
+        for (idx_t k = 0; k < d; ++k) blk[k * kBlock] = c[k];
+        float* o = out.get(rows);
+        TileArgs t;
+        t.a = a;
+        t.n_rows = rows;
+        t.b = blk;
+        t.n_cols = 1;
+        t.d = d;
+        K.scores(t, o, 1);
+        return o;
+    }
+};
 }  // namespace
 
 void IvfIndex::probe(MatrixView<const float> q, int nprobe, MatrixView<float> out_scores, MatrixView<idx_t> out_lists,
@@ -106,6 +132,13 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
     base.d = d;
     base.codec = codec_;
     base.lut = lut;
+    const bool residual = sq4_residual();
+    // The list-dependent part of a call: SQ4 residual codes add <q, c_l> and scale by s_l.
+    auto set_list = [&](TileArgs& t, CentroidTerm& ct, idx_t l, const float* a, idx_t rows) {
+        if (!residual) return;
+        t.row_bias = ct.compute(K, a, rows, centroids_.data() + l * d, d);
+        t.row_scale = sq_b_[l];
+    };
 
     if (mode == SearchMode::automatic) mode = nq >= kListMajorMin ? SearchMode::list_major : SearchMode::per_query;
 
@@ -113,6 +146,7 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
         const int nt = effective_threads(nq, 1, n_threads);
         std::vector<Scratch> panel(nt);
         std::vector<TopkHeaps> heaps(nt);
+        std::vector<CentroidTerm> cterm(nt);
         parallel_for(nq, 1, n_threads, [&](idx_t i0, idx_t i1, int tid) {
             float* a = panel[tid].get(packed_rows_size(1, d, mr));
             TopkHeaps& h = heaps[tid];
@@ -129,6 +163,7 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
                     t.n_rows = 1;
                     t.b = list.code_ptr();
                     t.n_cols = list.size;
+                    set_list(t, cterm[tid], l, a, 1);
                     HeapSink ctx;
                     ctx.heaps = &h;
                     ctx.call_thresholds = h.thresholds();
@@ -170,6 +205,7 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
     std::vector<char> used(nt, 0);
     std::vector<Scratch> panel(nt);
     std::vector<std::vector<float>> thr(nt);
+    std::vector<CentroidTerm> cterm(nt);
     parallel_for(static_cast<idx_t>(items.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
         TopkHeaps& h = heaps[tid];
         if (!used[tid]) {
@@ -191,6 +227,7 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
             t.n_rows = rows;
             t.b = list.code_ptr();
             t.n_cols = list.size;
+            set_list(t, cterm[tid], it.list, a, rows);
             HeapSink ctx;
             ctx.heaps = &h;
             ctx.call_thresholds = t_thr;

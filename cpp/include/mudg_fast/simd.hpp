@@ -55,6 +55,11 @@ struct TileArgs {
     Codec codec = Codec::f32;
     const float* lut = nullptr;    ///< IN sq4 only: reconstruction values [d][16]
     const float* col_bias = nullptr;  ///< IN optional [n_cols], added to each column's score
+    /// IN optional [n_rows]: each score s becomes fma(s, row_scale, row_bias[row]) (after
+    /// col_bias). IVF residual codes: s = <q, residual code>, row_scale = the list's scale,
+    /// row_bias = <q, list centroid>.
+    const float* row_bias = nullptr;
+    float row_scale = 1.0f;
 };
 
 /// Called by the top-k kernel for each (row, col) whose score >= thresholds[row]; the sink may

@@ -34,6 +34,7 @@ float score(const TileArgs& t, idx_t row, idx_t col) {
     float acc = 0.0f;
     for (idx_t k = 0; k < t.d; ++k) acc = std::fma(a[k * kMr], decode(t, col, k), acc);
     if (t.col_bias) acc = acc + t.col_bias[col];
+    if (t.row_bias) acc = std::fma(acc, t.row_scale, t.row_bias[row]);
     return acc;
 }
 

@@ -121,6 +121,14 @@ inline void add_bias(V (&row)[NV], const float* bias, idx_t col0, idx_t cols) {
     }
 }
 
+/// score = fma(score, row_scale, row_bias[row]) when the call has a row bias (see TileArgs).
+template <int NV>
+inline void row_affine(V (&row)[NV], const TileArgs& t, idx_t r) {
+    if (!t.row_bias) return;
+    const V s = Isa::bcast(&t.row_scale), b = Isa::bcast(t.row_bias + r);
+    for (int v = 0; v < NV; ++v) row[v] = Isa::fma(row[v], s, b);
+}
+
 struct ScoresEpi {
     const TileArgs* t;
     float* out;
@@ -129,6 +137,7 @@ struct ScoresEpi {
     void operator()(V (&acc)[R][NV], idx_t row0, idx_t rows, idx_t col0, idx_t cols) {
         for (int r = 0; r < R && r < rows; ++r) {
             add_bias(acc[r], t->col_bias, col0, cols);
+            row_affine(acc[r], *t, row0 + r);
             float* o = out + (row0 + r) * ld + col0;
             if (cols == NV * W) {
                 for (int v = 0; v < NV; ++v) Isa::storeu(o + v * W, acc[r][v]);
@@ -150,6 +159,7 @@ struct ArgmaxEpi {
     void operator()(V (&acc)[R][NV], idx_t row0, idx_t rows, idx_t col0, idx_t cols) {
         for (int r = 0; r < R && r < rows; ++r) {
             add_bias(acc[r], t->col_bias, col0, cols);
+            row_affine(acc[r], *t, row0 + r);
             float* lb = lane_best + (row0 + r) * kBlock;
             std::int32_t* lc = lane_col + (row0 + r) * kBlock;
             if (cols == NV * W) {
@@ -185,6 +195,7 @@ struct TopkEpi {
         const std::uint64_t valid = cols >= NV * W ? full : ((std::uint64_t{1} << cols) - 1);
         for (int r = 0; r < R && r < rows; ++r) {
             add_bias(acc[r], t->col_bias, col0, cols);
+            row_affine(acc[r], *t, row0 + r);
             const idx_t row = row0 + r;
             std::uint64_t hits = 0;
             {
