@@ -86,8 +86,11 @@ TEST(tile_kernels_equal_scalar_for_every_codec) {
                         const auto x = uniform(n_rows * d, ++seed);
                         const Blocks blk(codec, n_cols, d, ++seed);
                         const auto bias = uniform(n_cols, ++seed);
+                        const auto row_bias = uniform(n_rows, ++seed);
                         const Aligned<float> as = panels_for(S, x, n_rows, d), ak = panels_for(K, x, n_rows, d);
-                        for (bool with_bias : {false, true}) {
+                        // 0: plain scores, 1: a column bias, 2: column bias, then a row bias and scale
+                        for (int variant : {0, 1, 2}) {
+                            const bool with_bias = variant > 0;
                             TileArgs t;
                             t.n_rows = n_rows;
                             t.b = blk.bytes.data();
@@ -96,6 +99,10 @@ TEST(tile_kernels_equal_scalar_for_every_codec) {
                             t.codec = codec;
                             t.lut = blk.lut.empty() ? nullptr : blk.lut.data();
                             t.col_bias = with_bias ? bias.data() : nullptr;
+                            if (variant == 2) {
+                                t.row_bias = row_bias.data();
+                                t.row_scale = 0.75f;
+                            }
                             TileArgs ts = t, tk = t;
                             ts.a = as.data();
                             tk.a = ak.data();
@@ -117,6 +124,16 @@ TEST(tile_kernels_equal_scalar_for_every_codec) {
                                         const auto* f = reinterpret_cast<const float*>(blk.bytes.data());
                                         for (idx_t k = 0; k < d; ++k) col[k] = f[(c / 16) * 16 * d + k * 16 + c % 16];
                                         CHECK_BITS(out_s[r * ld + c], ip(x.data() + r * d, col.data(), d));
+                                    }
+                            }
+                            if (codec == Codec::f32 && variant == 2) {  // fma(score + col bias, scale, row bias)
+                                for (idx_t r = 0; r < n_rows; ++r)
+                                    for (idx_t c = 0; c < n_cols; ++c) {
+                                        std::vector<float> col(d);
+                                        const auto* f = reinterpret_cast<const float*>(blk.bytes.data());
+                                        for (idx_t k = 0; k < d; ++k) col[k] = f[(c / 16) * 16 * d + k * 16 + c % 16];
+                                        const float plain = ip(x.data() + r * d, col.data(), d) + bias[c];
+                                        CHECK_BITS(out_s[r * ld + c], std::fma(plain, 0.75f, row_bias[r]));
                                     }
                             }
 
