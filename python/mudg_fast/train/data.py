@@ -330,7 +330,7 @@ _STREAM_PERM, _STREAM_AUG = 0x9E3779B1, 0x85EBCA77
 
 
 class BatchPlan:
-    """Batches ``start .. stop-1`` of the endless shuffled stream, each a list of ``(index,
+    """Batches ``start`` to ``stop - 1`` of the endless shuffled stream, each a list of ``(index,
     augmentation seed)`` pairs of length ``batch_size`` (a batch may span two epochs). Usable as a
     DataLoader ``batch_sampler``; ``batch(i)`` gives any batch directly."""
 
