@@ -23,7 +23,7 @@ HEADER_FIELDS = [
     ("nlist", 24, "<q"), ("ntotal", 32, "<q"), ("codec", 40, "<I"), ("metric", 44, "<I"),
     ("centroids_offset", 48, "<Q"), ("params_offset", 56, "<Q"), ("params_count", 64, "<Q"),
     ("directory_offset", 72, "<Q"), ("data_offset", 80, "<Q"), ("file_size", 88, "<Q"),
-    ("meta_checksum", 96, "<Q"), ("data_checksum", 104, "<Q"), ("reserved", 112, "<Q"),
+    ("meta_checksum", 96, "<Q"), ("data_checksum", 104, "<Q"), ("ext_bytes", 112, "<Q"),
     ("header_checksum", 120, "<Q"),
 ]
 CODEC_NAMES = ("f32", "f16", "sq8", "sq4")
@@ -107,10 +107,12 @@ def regions(data: bytes) -> list[Region]:
         out.append(Region(f"header.{name}", off, off + struct.calcsize(fmt), "always"))
     d, nlist = h["dim"], h["nlist"]
     params_end = h["params_offset"] + 4 * h["params_count"]
+    ext_start = (params_end + 7) // 8 * 8
     dir_end = h["directory_offset"] + DIR_ENTRY * nlist
     meta = [("centroids", h["centroids_offset"], h["params_offset"]),
             ("params", h["params_offset"], params_end),
-            ("meta_padding", params_end, h["directory_offset"]),
+            ("meta_padding", params_end, ext_start),
+            ("extensions", ext_start, h["directory_offset"]),
             ("directory", h["directory_offset"], dir_end),
             ("meta_padding", dir_end, h["data_offset"])]
     out += [Region(n, a, b, "always") for n, a, b in meta]
@@ -131,6 +133,37 @@ def regions(data: bytes) -> list[Region]:
     assert out[0].start == 0 and out[-1].stop == size
     assert all(a.stop == b.start for a, b in zip(out, out[1:])), "regions must tile the file"
     return out
+
+
+KNOWN_RECORDS = {b"META": False}  # tag -> whether the format allows it to be marked required
+
+
+def extensions_valid(data: bytes) -> bool:
+    """Whether a file's extension section (format version 2) is one a reader must accept: records
+    back to back, 16-byte record headers (tag, flags in {0, 1}, length), zero padding to 8 bytes,
+    tags strictly increasing, no unknown required record, META never required. Written from the
+    format description, independently of the native reader."""
+    h = header(data)
+    start = (h["params_offset"] + 4 * h["params_count"] + 7) // 8 * 8
+    pos, end = start, start + h["ext_bytes"]
+    prev = None
+    while pos < end:
+        if end - pos < 16:
+            return False
+        tag = data[pos:pos + 4]
+        flags, length = struct.unpack_from("<IQ", data, pos + 4)
+        padded = (length + 7) // 8 * 8
+        if flags not in (0, 1) or length > end - pos - 16 or padded > end - pos - 16:
+            return False
+        key = struct.unpack("<I", tag)[0]
+        if prev is not None and key <= prev:
+            return False
+        if any(data[pos + 16 + length:pos + 16 + padded]):
+            return False
+        if flags == 1 and not KNOWN_RECORDS.get(tag, False):
+            return False  # unknown required record, or a known one that may not be required
+        prev, pos = key, pos + 16 + padded
+    return True
 
 
 def kind(region: Region) -> str:

@@ -1,5 +1,6 @@
-"""Regenerates tests/data/ivf_v1_*.bin and their expectations (run only when the format changes
-on purpose: the committed files pin format version 1)."""
+"""Regenerates tests/data/ivf_v2_*.bin and their expectations (run only when the format changes
+on purpose: the committed files pin format version 2). The version 1 files (ivf_v1_*.bin, written
+by mudg_fast before extension records existed) are kept as they are: old files must still load."""
 
 import json
 from pathlib import Path
@@ -21,9 +22,14 @@ def golden_inputs():
     return x, q, centroids, ids
 
 
-def build(codec):
+GOLDEN_METADATA = {"golden": "format v2", "note": "caf\u00e9"}
+
+
+def build(codec, metadata=True):
     x, q, centroids, ids = golden_inputs()
     ix = mudg_fast.IVFIndex(8, 4, codec=codec).set_centroids(centroids)
+    if metadata:
+        ix.set_metadata(GOLDEN_METADATA)
     if codec == "sq8":
         ix.set_codec_params(np.full(8, -1.0, np.float32), np.full(8, 2.0 / 255, np.float32))
     ix.add(x, ids)
@@ -35,11 +41,11 @@ def main():
     expect = {}
     for codec in ("f32", "sq8"):
         ix = build(codec)
-        path = HERE / f"ivf_v1_{codec}.bin"
+        path = HERE / f"ivf_v2_{codec}.bin"
         ix.save(path)
         s, i = ix.search(q, 5, nprobe=2)
         expect[codec] = {"list_sizes": ix.list_sizes().tolist(), "ids": i.tolist(), "scores": s.tolist()}
-    (HERE / "ivf_v1_expected.json").write_text(json.dumps(expect, indent=1))
+    (HERE / "ivf_v2_expected.json").write_text(json.dumps(expect, indent=1))
 
 
 if __name__ == "__main__":

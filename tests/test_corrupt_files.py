@@ -122,6 +122,8 @@ def make_index(codec: str, kind: str) -> IVFIndex:
         ids = None
     ix = IVFIndex(dim, nlist, codec=codec).set_centroids(cent)
     ix.train_codec(x)
+    if kind == "mixed":  # an extension record (user metadata) in the file
+        ix.set_metadata({"kind": kind, "note": "caf\u00e9", "ids": [1, 2, 3]})
     if n:
         ix.add(x, ids)
     sizes = ix.list_sizes()
@@ -287,8 +289,6 @@ def forged_expect(victim: Victim, region, off: int, content: bytes):
     both = lambda v: {True: v, False: v}
     if k == "header":
         field = region.name.split(".", 1)[1]
-        if field == "reserved":
-            return both("load")  # written 0, ignored by readers (documented)
         new_codec = ch.header(content)["codec"]
         if field == "codec" and h["ntotal"] == 0 and {h["codec"], new_codec} <= {0, 1}:
             return both("load")  # f32 <-> f16 of an index without vectors: the same file layout
@@ -298,6 +298,8 @@ def forged_expect(victim: Victim, region, off: int, content: bytes):
         return both("load" if np.isfinite(np.frombuffer(content, np.float32, 1, a)[0]) else "raise")
     if k == "params":
         return both("load" if params_valid(h, content) else "raise")
+    if k == "extensions":
+        return both("load" if ch.extensions_valid(content) else "raise")
     if region.name == "meta_padding":
         return both("load")  # dead bytes, covered only by the (here forged) meta checksum
     if k in ("directory", "footer"):
@@ -437,12 +439,12 @@ def test_hostile_values_with_valid_checksums(fast_dir):
 def test_damaged_version_field_is_not_reported_as_newer_format(fast_dir):
     victim = Victim(make_index("f32", "seq"), fast_dir)
     b = bytearray(victim.data)
-    b[9] ^= 0x10  # version 1 -> 4097, checksum no longer matches
+    b[9] ^= 0x10  # version 2 -> 4098, checksum no longer matches
     victim.write(bytes(b))
     with pytest.raises(ValueError, match="corrupted .* or was written by a newer"):
         IVFIndex.load(victim.path)
-    victim.write(forge_fields(victim.data, version=2))  # a consistent newer header
-    with pytest.raises(ValueError, match="version 2, newer than this mudg_fast supports .*upgrade"):
+    victim.write(forge_fields(victim.data, version=3))  # a consistent newer header
+    with pytest.raises(ValueError, match="version 3, newer than this mudg_fast supports .*upgrade"):
         IVFIndex.load(victim.path)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import available_simd_levels
 from make_golden import build as build_golden
-from make_golden import golden_inputs
+from make_golden import GOLDEN_METADATA, golden_inputs
 
 import mudg_fast
 from mudg_fast import IVFIndex
@@ -255,9 +255,9 @@ def test_newer_version_is_refused(tmp_path, trained):
     path = tmp_path / "ix.ivf"
     trained["f32"].save(path)
     data = bytearray(path.read_bytes())
-    struct.pack_into("<I", data, 8, 2)
+    struct.pack_into("<I", data, 8, 3)
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="version 2 is newer|version 2, newer"):
+    with pytest.raises(ValueError, match="version 3 is newer|version 3, newer"):
         IVFIndex.load(path)
 
 
@@ -272,18 +272,37 @@ def test_other_files_are_refused(tmp_path):
 
 @pytest.mark.parametrize("codec", ["f32", "sq8"])
 def test_golden_file_pins_the_format(tmp_path, codec):
-    expect = json.loads((DATA / "ivf_v1_expected.json").read_text())[codec]
-    path = DATA / f"ivf_v1_{codec}.bin"
+    expect = json.loads((DATA / "ivf_v2_expected.json").read_text())[codec]
+    path = DATA / f"ivf_v2_{codec}.bin"
     ix = IVFIndex.load(path, mmap=False)
     _, q, centroids, _ = golden_inputs()
     np.testing.assert_array_equal(ix.centroids, centroids)
     assert ix.list_sizes().tolist() == expect["list_sizes"]
+    assert ix.metadata == GOLDEN_METADATA
     s, i = ix.search(q, 5, nprobe=2)
     assert i.tolist() == expect["ids"]
     np.testing.assert_array_equal(s, np.array(expect["scores"], np.float32))
     # building the same index today writes the same bytes
     build_golden(codec).save(tmp_path / "now.bin")
     assert (tmp_path / "now.bin").read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("codec", ["f32", "sq8"])
+def test_version_1_files_still_load(tmp_path, codec):
+    """Files written before extension records existed load, search as they did, and re-save as
+    today's format: the same bytes as the index built today (given the same metadata)."""
+    expect = json.loads((DATA / "ivf_v1_expected.json").read_text())[codec]
+    ix = IVFIndex.load(DATA / f"ivf_v1_{codec}.bin", mmap=False)
+    assert ix.metadata == {}
+    assert ix.list_sizes().tolist() == expect["list_sizes"]
+    _, q, _, _ = golden_inputs()
+    s, i = ix.search(q, 5, nprobe=2)
+    assert i.tolist() == expect["ids"]
+    np.testing.assert_array_equal(s, np.array(expect["scores"], np.float32))
+    ix.save(tmp_path / "old.bin")
+    build_golden(codec, metadata=False).save(tmp_path / "now.bin")
+    assert (tmp_path / "old.bin").read_bytes() == (tmp_path / "now.bin").read_bytes()
+    assert ix.fingerprint == build_golden(codec).fingerprint  # metadata is not part of it
 
 
 def test_merge_keeps_global_ids(corpus):

@@ -152,7 +152,15 @@ void bind_index(py::module_& m) {
                         return IvfIndex::load(path, mmap, verify);
                     },
                     py::arg("path"), py::arg("mmap") = true, py::arg("verify") = true)
-        .def("memory_bytes", &IvfIndex::memory_bytes);
+        .def("memory_bytes", &IvfIndex::memory_bytes)
+        .def_property_readonly("metadata", [](const IvfIndex& ix) { return py::bytes(ix.metadata()); })
+        .def("set_metadata", [](IvfIndex& ix, const py::bytes& text) { ix.set_metadata(std::string(text)); },
+             py::arg("text"))
+        .def("fingerprint", [](const IvfIndex& ix) {
+                 py::gil_scoped_release nogil;
+                 return ix.fingerprint();
+             });
+    m.attr("max_metadata_bytes") = kMaxMetadataBytes;
 }
 
 }  // namespace mudg_fast::py_bind

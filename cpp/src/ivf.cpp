@@ -1,3 +1,5 @@
+// IvfIndex: list storage (AlignedBuffer), construction, add, reconstruct and merge. Codecs live in
+// ivf_codec.cpp, search in ivf_search.cpp, the file format in ivf_io.cpp.
 #include "mudg_fast/ivf.hpp"
 
 #include <algorithm>
@@ -14,47 +16,16 @@
 #include <sys/mman.h>
 #endif
 
+#include "ivf_internal.hpp"
 #include "mudg_fast/parallel.hpp"
 #include "mudg_fast/topk.hpp"
 
 namespace mudg_fast {
 
+using ivf_detail::Scratch;
+
 namespace {
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr idx_t kAddChunk = 65536;   // rows assigned and appended per step of add()
-constexpr idx_t kRowGroup = 192;     // queries per tile-kernel call in list-major search
-constexpr idx_t kListMajorMin = 32;  // automatic mode: list-major from this many queries
-
-template <class T>
-T* align64(T* p) {
-    auto a = reinterpret_cast<std::uintptr_t>(p);
-    return reinterpret_cast<T*>((a + 63) & ~std::uintptr_t{63});
-}
-
-/// Scratch float buffer aligned to 64 bytes, reused across calls.
-struct Scratch {
-    std::vector<float> v;
-    float* get(idx_t n) {
-        if (static_cast<idx_t>(v.size()) < n + 16) v.assign(n + 16, 0.0f);
-        return align64(v.data());
-    }
-};
-
-std::uint8_t sq8_code(float v, float vmin, float inv_step) {
-    float t = (v - vmin) * inv_step + 0.5f;
-    // NaN (0 * inf when 1 / step overflows) goes to 0: converting NaN to an integer is undefined.
-    t = t > 0.0f ? (t < 255.0f ? t : 255.0f) : 0.0f;
-    return static_cast<std::uint8_t>(t);
-}
-
-/// Code of v among 16 levels given the 15 sorted midpoints m: #{j : m[j] < v}, branch-free.
-int sq4_code(float v, const float* m) {
-    int c = v > m[7] ? 8 : 0;
-    c += v > m[c + 3] ? 4 : 0;
-    c += v > m[c + 1] ? 2 : 0;
-    c += v > m[c] ? 1 : 0;
-    return c;
-}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -163,177 +134,6 @@ void IvfIndex::set_centroids(MatrixView<const float> c) {
                (long long)nlist_, (long long)dim_, (long long)c.rows, (long long)c.cols);
     centroids_.resize(static_cast<std::size_t>(nlist_ * dim_));
     for (idx_t i = 0; i < nlist_; ++i) std::copy(c.row(i), c.row(i) + dim_, centroids_.data() + i * dim_);
-}
-
-void IvfIndex::set_codec_params(std::vector<float> a, std::vector<float> b) {
-    const idx_t d = dim_;
-    if (codec_ == Codec::sq8) {
-        MUDG_CHECK(static_cast<idx_t>(a.size()) == d && static_cast<idx_t>(b.size()) == d,
-                   "SQ8 parameters must be two arrays of %lld values", (long long)d);
-        // Decoded values must stay within the magnitude every float32 input is held to, so that
-        // scores against them cannot overflow.
-        const double limit = magnitude_limit(d);
-        for (idx_t k = 0; k < d; ++k) {
-            MUDG_CHECK(std::isfinite(a[k]) && std::isfinite(b[k]) && b[k] > 0,
-                       "invalid SQ8 parameters for dimension %lld: vmin=%g, step=%g (need finite, step > 0)",
-                       (long long)k, (double)a[k], (double)b[k]);
-            const double top = static_cast<double>(a[k]) + 255.0 * b[k];
-            MUDG_CHECK(std::fabs(a[k]) <= limit && std::fabs(top) <= limit,
-                       "SQ8 parameters for dimension %lld decode to values beyond +-%g", (long long)k, limit);
-        }
-    } else if (codec_ == Codec::sq4) {
-        MUDG_CHECK(static_cast<idx_t>(a.size()) == d * 16, "SQ4 parameters must hold %lld levels",
-                   (long long)(d * 16));
-        for (idx_t k = 0; k < d; ++k)
-            for (int j = 0; j < 16; ++j) {
-                MUDG_CHECK(std::isfinite(a[k * 16 + j]) && std::fabs(a[k * 16 + j]) <= magnitude_limit(d),
-                           "invalid SQ4 level %g for dimension %lld (need finite, within +-%g)",
-                           (double)a[k * 16 + j], (long long)k, magnitude_limit(d));
-                MUDG_CHECK(j == 0 || a[k * 16 + j] >= a[k * 16 + j - 1], "SQ4 levels must be sorted");
-            }
-        sq4_mid_.assign(static_cast<std::size_t>(d * 15), 0.0f);
-        for (idx_t k = 0; k < d; ++k)
-            for (int j = 0; j < 15; ++j)
-                sq4_mid_[k * 15 + j] = 0.5f * (a[k * 16 + j] + a[k * 16 + j + 1]);
-        b.clear();
-    } else {
-        MUDG_CHECK(a.empty() && b.empty(), "codec '%s' has no parameters", codec_ == Codec::f32 ? "f32" : "f16");
-    }
-    sq_a_ = std::move(a);
-    sq_b_ = std::move(b);
-}
-
-void IvfIndex::train_codec(MatrixView<const float> sample) {
-    MUDG_CHECK(ntotal_ == 0, "the codec can only be trained on an empty index");
-    if (codec_ == Codec::f32 || codec_ == Codec::f16) return;
-    MUDG_CHECK(sample.cols == dim_, "training sample has %lld dimensions, the index %lld", (long long)sample.cols,
-               (long long)dim_);
-    MUDG_CHECK(sample.rows >= 2, "need at least 2 training vectors for the scalar quantiser, got %lld",
-               (long long)sample.rows);
-    const idx_t n = sample.rows, d = dim_;
-    std::vector<float> a, b;
-    if (codec_ == Codec::sq8) {
-        a.resize(d);
-        b.resize(d);
-    } else {
-        a.resize(d * 16);
-    }
-    parallel_for(d, 8, 0, [&](idx_t k0, idx_t k1, int) {
-        std::vector<float> col(n);
-        std::vector<double> prefix(n + 1);
-        for (idx_t k = k0; k < k1; ++k) {
-            for (idx_t i = 0; i < n; ++i) col[i] = sample.row(i)[k];
-            std::sort(col.begin(), col.end());
-            auto quantile = [&](double q) {
-                const double pos = q * static_cast<double>(n - 1);
-                const idx_t i = static_cast<idx_t>(pos);
-                const double f = pos - static_cast<double>(i);
-                return i + 1 < n ? (1 - f) * col[i] + f * col[i + 1] : static_cast<double>(col[n - 1]);
-            };
-            if (codec_ == Codec::sq8) {
-                // The sample's full range: with 256 levels the step is already fine, and the
-                // extreme values are the ones that decide the top neighbours, so clipping them
-                // (a trimmed range) costs more recall than the finer step gains.
-                const double lo = col[0], hi = col[n - 1];
-                // A subnormal step would have an infinite reciprocal: floor it at the smallest
-                // normal float.
-                const double step = hi > lo ? std::max((hi - lo) / 255.0, double{FLT_MIN}) : 1e-12;
-                a[k] = static_cast<float>(lo);
-                b[k] = static_cast<float>(step);
-                continue;
-            }
-            // SQ4: 16 levels minimising squared error (1-D Lloyd-Max), started at the centres of
-            // 16 equal-mass bins. Sorted data + prefix sums make each iteration O(16 log n).
-            prefix[0] = 0;
-            for (idx_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + col[i];
-            double lv[16];
-            for (int j = 0; j < 16; ++j) lv[j] = quantile((j + 0.5) / 16.0);
-            for (int it = 0; it < 30; ++it) {
-                idx_t start = 0;
-                for (int j = 0; j < 16; ++j) {
-                    idx_t end = n;
-                    if (j < 15) {
-                        const float mid = static_cast<float>(0.5 * (lv[j] + lv[j + 1]));
-                        end = std::upper_bound(col.begin() + start, col.end(), mid) - col.begin();
-                    }
-                    if (end > start) lv[j] = (prefix[end] - prefix[start]) / static_cast<double>(end - start);
-                    start = end;
-                }
-                std::sort(lv, lv + 16);
-            }
-            for (int j = 0; j < 16; ++j) a[k * 16 + j] = static_cast<float>(lv[j]);
-        }
-    });
-    set_codec_params(std::move(a), std::move(b));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Encoding
-
-void IvfIndex::encode_block(const float* blk, std::uint8_t* out) const {
-    const idx_t d = dim_;
-    switch (codec_) {
-        case Codec::f32:
-            std::memcpy(out, blk, static_cast<std::size_t>(d * kBlock * sizeof(float)));
-            break;
-        case Codec::f16:
-            kernels().f32_to_f16(blk, d * kBlock, reinterpret_cast<std::uint16_t*>(out));
-            break;
-        case Codec::sq8:
-            for (idx_t k = 0; k < d; ++k) {
-                const float vmin = sq_a_[k], inv = 1.0f / sq_b_[k];
-                for (int j = 0; j < kBlock; ++j) out[k * kBlock + j] = sq8_code(blk[k * kBlock + j], vmin, inv);
-            }
-            break;
-        case Codec::sq4:
-            kernels().encode_sq4(blk, d, sq4_mid_.data(), out);
-            break;
-    }
-}
-
-void IvfIndex::encode_slot(const float* v, std::uint8_t* blk, int slot) const {
-    const idx_t d = dim_;
-    switch (codec_) {
-        case Codec::f32: {
-            auto* o = reinterpret_cast<float*>(blk);
-            for (idx_t k = 0; k < d; ++k) o[k * kBlock + slot] = v[k];
-            break;
-        }
-        case Codec::f16: {
-            auto* o = reinterpret_cast<std::uint16_t*>(blk);
-            for (idx_t k = 0; k < d; ++k) o[k * kBlock + slot] = float_to_half(v[k]);
-            break;
-        }
-        case Codec::sq8:
-            for (idx_t k = 0; k < d; ++k) blk[k * kBlock + slot] = sq8_code(v[k], sq_a_[k], 1.0f / sq_b_[k]);
-            break;
-        case Codec::sq4:
-            for (idx_t k = 0; k < d; ++k) {
-                const int c = sq4_code(v[k], sq4_mid_.data() + k * 15);
-                std::uint8_t& byte = blk[k * 8 + (slot & 7)];
-                byte = slot < 8 ? static_cast<std::uint8_t>((byte & 0xF0) | c)
-                                : static_cast<std::uint8_t>((byte & 0x0F) | (c << 4));
-            }
-            break;
-    }
-}
-
-void IvfIndex::decode(const List& list, idx_t pos, float* out) const {
-    const idx_t d = dim_;
-    const std::uint8_t* blk = list.code_ptr() + (pos / kBlock) * block_bytes(codec_, d);
-    const int slot = static_cast<int>(pos % kBlock);
-    for (idx_t k = 0; k < d; ++k) {
-        switch (codec_) {
-            case Codec::f32: out[k] = reinterpret_cast<const float*>(blk)[k * kBlock + slot]; break;
-            case Codec::f16: out[k] = half_to_float(reinterpret_cast<const std::uint16_t*>(blk)[k * kBlock + slot]); break;
-            case Codec::sq8: out[k] = sq_a_[k] + static_cast<float>(blk[k * kBlock + slot]) * sq_b_[k]; break;
-            case Codec::sq4: {
-                const std::uint8_t byte = blk[k * 8 + (slot & 7)];
-                out[k] = sq_a_[k * 16 + (slot < 8 ? (byte & 0x0F) : (byte >> 4))];
-                break;
-            }
-        }
-    }
 }
 
 void IvfIndex::make_owned(List& list) const {
@@ -452,171 +252,6 @@ void IvfIndex::add_chunks(MatrixView<const float> x, const idx_t* ids, int n_thr
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// search
-
-void IvfIndex::search(MatrixView<const float> q, int k, int nprobe, MatrixView<float> out_s,
-                      MatrixView<idx_t> out_i, int n_threads, SearchMode mode) const {
-    MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
-    MUDG_CHECK(nprobe >= 1, "nprobe must be >= 1, got %d", nprobe);
-    MUDG_CHECK(q.cols == dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols, (long long)dim_);
-    MUDG_CHECK(has_centroids(), "search() on an untrained index: call train() first");
-    const idx_t nq = q.rows, d = dim_;
-    for (idx_t i = 0; i < nq; ++i)
-        for (int j = 0; j < k; ++j) {
-            out_s.row(i)[j] = kNegInf;
-            out_i.row(i)[j] = -1;
-        }
-    if (nq == 0 || ntotal_ == 0) return;
-    nprobe = static_cast<int>(std::min<idx_t>(nprobe, nlist_));
-    const Kernels& K = kernels();
-    const int mr = K.mr;
-
-    // 1. Coarse quantiser: the nprobe nearest centroids of every query (exact).
-    std::vector<float> cs(static_cast<std::size_t>(nq * nprobe));
-    std::vector<idx_t> probes(static_cast<std::size_t>(nq * nprobe));
-    exact_search(MatrixView<const float>(centroids_.data(), nlist_, d), q, nprobe,
-                 MatrixView<float>(cs.data(), nq, nprobe), MatrixView<idx_t>(probes.data(), nq, nprobe), n_threads);
-
-    // SQ8 scores are <q * step, code> + <q, vmin>: the kernels see pre-scaled queries, the
-    // per-query constant is added at the end (it does not change the ranking).
-    const float* scale = codec_ == Codec::sq8 ? sq_b_.data() : nullptr;
-    std::vector<double> bias;
-    if (codec_ == Codec::sq8) {
-        bias.resize(nq);
-        for (idx_t i = 0; i < nq; ++i) {
-            double s = 0;
-            for (idx_t t = 0; t < d; ++t) s += static_cast<double>(q.row(i)[t]) * sq_a_[t];
-            bias[i] = s;
-        }
-    }
-    const float* lut = codec_ == Codec::sq4 ? sq_a_.data() : nullptr;
-    const int kk = static_cast<int>(std::min<idx_t>(k, ntotal_));
-    auto finish_row = [&](const TopkHeaps& heaps, idx_t row, idx_t qi) {
-        std::vector<float> s(kk);
-        std::vector<idx_t> ids(kk);
-        heaps.extract(row, s.data(), ids.data());
-        for (int j = 0; j < kk; ++j) {
-            out_s.row(qi)[j] = ids[j] >= 0 && !bias.empty() ? static_cast<float>(s[j] + bias[qi]) : s[j];
-            out_i.row(qi)[j] = ids[j];
-        }
-    };
-    TileArgs base;
-    base.d = d;
-    base.codec = codec_;
-    base.lut = lut;
-
-    if (mode == SearchMode::automatic) mode = nq >= kListMajorMin ? SearchMode::list_major : SearchMode::per_query;
-
-    if (mode == SearchMode::per_query) {
-        const int nt = effective_threads(nq, 1, n_threads);
-        std::vector<Scratch> panel(nt);
-        std::vector<TopkHeaps> heaps(nt);
-        parallel_for(nq, 1, n_threads, [&](idx_t i0, idx_t i1, int tid) {
-            float* a = panel[tid].get(packed_rows_size(1, d, mr));
-            TopkHeaps& h = heaps[tid];
-            for (idx_t qi = i0; qi < i1; ++qi) {
-                pack_rows(q.row(qi), q.stride, nullptr, 1, d, mr, scale, a);
-                h.reset(1, kk);
-                for (int p = 0; p < nprobe; ++p) {
-                    const idx_t l = probes[qi * nprobe + p];
-                    if (l < 0) continue;
-                    const List& list = lists_[l];
-                    if (!list.size) continue;
-                    TileArgs t = base;
-                    t.a = a;
-                    t.n_rows = 1;
-                    t.b = list.code_ptr();
-                    t.n_cols = list.size;
-                    HeapSink ctx;
-                    ctx.heaps = &h;
-                    ctx.call_thresholds = h.thresholds();
-                    ctx.col_ids = list.id_ptr();
-                    K.topk(t, h.thresholds(), HeapSink::sink, &ctx);
-                }
-                finish_row(h, 0, qi);
-            }
-        });
-        return;
-    }
-
-    // 2. List-major: invert (query, list) pairs into per-list query sets (ascending query ids).
-    std::vector<idx_t> start(nlist_ + 1, 0), members(static_cast<std::size_t>(nq * nprobe));
-    for (idx_t i = 0; i < nq * nprobe; ++i)
-        if (probes[i] >= 0) ++start[probes[i] + 1];
-    for (idx_t l = 0; l < nlist_; ++l) start[l + 1] += start[l];
-    {
-        std::vector<idx_t> fill(start.begin(), start.end() - 1);
-        for (idx_t i = 0; i < nq * nprobe; ++i)
-            if (probes[i] >= 0) members[fill[probes[i]]++] = i / nprobe;
-    }
-    // Work items: (list, row group), largest first for load balance. The result does not depend
-    // on the order: every reduction uses the total order (score, then lower id).
-    struct Item { idx_t list, r0, r1; double cost; };
-    std::vector<Item> items;
-    for (idx_t l = 0; l < nlist_; ++l) {
-        const idx_t m = start[l + 1] - start[l];
-        if (!m || !lists_[l].size) continue;
-        for (idx_t r0 = 0; r0 < m; r0 += kRowGroup) {
-            const idx_t r1 = std::min(m, r0 + kRowGroup);
-            items.push_back({l, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(lists_[l].size)});
-        }
-    }
-    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
-
-    const int nt = effective_threads(static_cast<idx_t>(items.size()), 1, n_threads);
-    std::vector<TopkHeaps> heaps(nt);
-    std::vector<char> used(nt, 0);
-    std::vector<Scratch> panel(nt);
-    std::vector<std::vector<float>> thr(nt);
-    parallel_for(static_cast<idx_t>(items.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
-        TopkHeaps& h = heaps[tid];
-        if (!used[tid]) {
-            h.reset(nq, kk);
-            thr[tid].resize(kRowGroup);
-            used[tid] = 1;
-        }
-        for (idx_t w = b; w < e; ++w) {
-            const Item& it = items[w];
-            const List& list = lists_[it.list];
-            const idx_t rows = it.r1 - it.r0;
-            const idx_t* qids = members.data() + start[it.list] + it.r0;
-            float* a = panel[tid].get(packed_rows_size(kRowGroup, d, mr));
-            pack_rows(q.data, q.stride, qids, rows, d, mr, scale, a);
-            float* t_thr = thr[tid].data();
-            for (idx_t r = 0; r < rows; ++r) t_thr[r] = h.threshold(qids[r]);
-            TileArgs t = base;
-            t.a = a;
-            t.n_rows = rows;
-            t.b = list.code_ptr();
-            t.n_cols = list.size;
-            HeapSink ctx;
-            ctx.heaps = &h;
-            ctx.call_thresholds = t_thr;
-            ctx.row_map = qids;
-            ctx.col_ids = list.id_ptr();
-            K.topk(t, t_thr, HeapSink::sink, &ctx);
-        }
-    });
-    // 3. Merge the per-thread heaps (thread order; the result is order-independent anyway).
-    int first = -1;
-    for (int t = 0; t < nt; ++t)
-        if (used[t]) {
-            if (first < 0) {
-                first = t;
-                continue;
-            }
-            TopkHeaps& dst = heaps[first];
-            const TopkHeaps& src = heaps[t];
-            parallel_for(nq, 256, n_threads, [&](idx_t r0, idx_t r1, int) {
-                for (idx_t r = r0; r < r1; ++r) dst.merge_row(r, src, r);
-            });
-        }
-    if (first < 0) return;
-    parallel_for(nq, 256, n_threads, [&](idx_t r0, idx_t r1, int) {
-        for (idx_t r = r0; r < r1; ++r) finish_row(heaps[first], r, r);
-    });
-}
 
 // ---------------------------------------------------------------------------------------------
 // reconstruct, sizes, merge
@@ -675,6 +310,8 @@ void IvfIndex::merge_from(const IvfIndex& o) {
     MUDG_CHECK(o.centroids_ == centroids_,
                "indexes have different centroids: merge needs indexes trained together (same centroids)");
     MUDG_CHECK(o.sq_a_ == sq_a_ && o.sq_b_ == sq_b_, "indexes have different codec parameters and cannot be merged");
+    MUDG_CHECK(o.fingerprint() == fingerprint(),
+               "indexes were trained differently (their extension state differs) and cannot be merged");
     const idx_t bbytes = block_bytes(codec_, dim_);
     std::vector<float> tmp(static_cast<std::size_t>(dim_));
     for (idx_t l = 0; l < nlist_; ++l) {

@@ -1,10 +1,12 @@
 // IvfIndex persistence: a versioned, checksummed, mmap-friendly binary format.
 //
-// File format, version 1 (all integers little-endian; offsets are from the start of the file):
+// File format, version 2 (all integers little-endian; offsets are from the start of the file).
+// Version 1 is the same without extension records (header field 112 reserved, written 0 and
+// ignored); readers accept both, writers write version 2.
 //
 //   Header, 128 bytes
 //     0  char[8] magic "MUDGIVF\0"
-//     8  u32     format version (1)
+//     8  u32     format version (2)
 //    12  u32     header size (128)
 //    16  i64     dim
 //    24  i64     nlist
@@ -18,13 +20,21 @@
 //    72  u64     directory offset: nlist entries of (u64 codes offset, i64 size, u64 ids offset)
 //    80  u64     data offset: start of the list data
 //    88  u64     file size
-//    96  u64     checksum of bytes [centroids offset, data offset) (centroids, parameters, directory)
+//    96  u64     checksum of bytes [centroids offset, data offset) (centroids, parameters,
+//                extension records, directory)
 //   104  u64     data checksum: checksum64 of the 2*nlist u64 values (checksum of list l's code
 //                bytes, checksum of its id bytes) for l = 0..nlist-1
-//   112  u64     reserved, written 0, ignored by readers
+//   112  u64     extension bytes: size of the extension section (version 1: reserved)
 //   120  u64     checksum of header bytes [0, 120)
-//   Centroids at 128, codec parameters right after them, the directory at the next multiple
-//     of 8, the list data at the next multiple of 64 after the directory; gaps are zero.
+//   Centroids at 128, codec parameters right after them, the extension section at the next
+//     multiple of 8, the directory right after it (at the next multiple of 8 in version 1), the
+//     list data at the next multiple of 64 after the directory; gaps are zero.
+//   Extension section: records back to back, sorted by tag, tags unique. Record: u32 tag (four
+//     ASCII characters, e.g. "META"), u32 flags (bit 0: required; other bits 0), u64 payload
+//     length, the payload, zero padding to a multiple of 8. A reader refuses a required record
+//     it does not know (it changes how vectors are assigned or encoded) and keeps other unknown
+//     records as they are. Known records: META (optional) user metadata, UTF-8 text (JSON from
+//     the Python layer).
 //   List data: for each list, ceil(size/16) code blocks (the in-memory block layout, see
 //     simd.hpp) starting on a 64-byte boundary, then `size` int64 ids on an 8-byte boundary;
 //     the gaps before the code blocks and before the ids are zero. The last list's ids end
@@ -41,8 +51,9 @@
 //   always             magic, header checksum, version and header size, file size, footer (magic
 //                      and size), value ranges (1 <= dim < 2^24, 1 <= nlist < 2^31, codec,
 //                      metric, 0 <= ntotal <= file size / 8), the layout, the meta checksum
-//                      (centroids, codec parameters, directory and the gaps between them),
-//                      finite centroids, valid codec parameters;
+//                      (centroids, codec parameters, extension records, directory and the gaps
+//                      between them), finite centroids, valid codec parameters, well-formed
+//                      extension records (each one validated by its owner);
 //   only with verify   the list data: code blocks and ids (data checksum) and the zero gaps
 //                      between lists. These are the bulk of the file: verify=false does not
 //                      checksum them, and with mmap does not even read them until used.
@@ -90,7 +101,8 @@ inline std::uint64_t merge64(std::uint64_t h, std::uint64_t v) { return (h ^ rou
 
 constexpr char kMagic[8] = {'M', 'U', 'D', 'G', 'I', 'V', 'F', '\0'};
 constexpr char kEndMagic[8] = {'M', 'U', 'D', 'G', 'E', 'N', 'D', '\0'};
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;
+constexpr std::uint32_t kRecordRequired = 1;
 constexpr std::uint64_t kHeaderSize = 128, kFooterSize = 16;
 
 struct Header {
@@ -99,7 +111,7 @@ struct Header {
     std::int64_t dim, nlist, ntotal;
     std::uint32_t codec, metric;
     std::uint64_t centroids_offset, params_offset, params_count, directory_offset, data_offset, file_size;
-    std::uint64_t meta_checksum, data_checksum, reserved, header_checksum;
+    std::uint64_t meta_checksum, data_checksum, ext_bytes, header_checksum;
 };
 static_assert(sizeof(Header) == kHeaderSize, "header layout");
 
@@ -111,6 +123,33 @@ struct DirEntry {
 static_assert(sizeof(DirEntry) == 24, "directory layout");
 
 std::uint64_t align_up(std::uint64_t x, std::uint64_t a) { return (x + a - 1) / a * a; }
+
+constexpr std::uint64_t kRecordHeader = 16;
+
+/// The extension section's bytes: records back to back, each padded to 8 bytes.
+std::vector<std::uint8_t> serialize_records(const std::vector<IvfExtension>& recs) {
+    std::vector<std::uint8_t> out;
+    for (const IvfExtension& r : recs) {
+        const std::uint64_t len = r.payload.size();
+        const std::size_t at = out.size();
+        out.resize(at + static_cast<std::size_t>(kRecordHeader + align_up(len, 8)), 0);
+        const std::uint32_t flags = r.required ? kRecordRequired : 0;
+        std::memcpy(out.data() + at, &r.tag, 4);
+        std::memcpy(out.data() + at + 4, &flags, 4);
+        std::memcpy(out.data() + at + 8, &len, 8);
+        if (len) std::memcpy(out.data() + at + kRecordHeader, r.payload.data(), static_cast<std::size_t>(len));
+    }
+    return out;
+}
+
+std::string tag_text(std::uint32_t tag) {
+    std::string t;
+    for (int i = 0; i < 4; ++i) {
+        const char c = static_cast<char>((tag >> (8 * i)) & 0xFF);
+        t += (c >= 0x20 && c < 0x7F) ? c : '?';
+    }
+    return t;
+}
 
 struct Writer {
     std::FILE* f;
@@ -249,6 +288,7 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     const std::uint64_t bbytes = static_cast<std::uint64_t>(block_bytes(ix.codec_, d));
     std::vector<float> params(ix.sq_a_);
     params.insert(params.end(), ix.sq_b_.begin(), ix.sq_b_.end());
+    const std::vector<std::uint8_t> ext = serialize_records(ix.extension_records());
 
     Header h{};
     std::memcpy(h.magic, kMagic, 8);
@@ -262,7 +302,9 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     h.centroids_offset = kHeaderSize;
     h.params_offset = h.centroids_offset + static_cast<std::uint64_t>(nlist * d) * 4;
     h.params_count = params.size();
-    h.directory_offset = align_up(h.params_offset + params.size() * 4, 8);
+    const std::uint64_t ext_offset = align_up(h.params_offset + params.size() * 4, 8);
+    h.ext_bytes = ext.size();
+    h.directory_offset = ext_offset + h.ext_bytes;
     h.data_offset = align_up(h.directory_offset + static_cast<std::uint64_t>(nlist) * sizeof(DirEntry), 64);
 
     // Layout and checksums of the list data.
@@ -286,6 +328,7 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     std::vector<std::uint8_t> meta(static_cast<std::size_t>(h.data_offset - h.centroids_offset), 0);
     std::memcpy(meta.data(), ix.centroids_.data(), static_cast<std::size_t>(nlist * d) * 4);
     if (!params.empty()) std::memcpy(meta.data() + (h.params_offset - kHeaderSize), params.data(), params.size() * 4);
+    if (!ext.empty()) std::memcpy(meta.data() + (ext_offset - kHeaderSize), ext.data(), ext.size());
     std::memcpy(meta.data() + (h.directory_offset - kHeaderSize), dir.data(), dir.size() * sizeof(DirEntry));
     h.meta_checksum = checksum64(meta.data(), meta.size());
     h.header_checksum = checksum64(&h, offsetof(Header, header_checksum));
@@ -365,7 +408,7 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
                    p, h.version, kVersion);
     }
     MUDG_CHECK(header_ok, "'%s' is corrupted (header checksum mismatch)", p);
-    MUDG_CHECK(h.version == kVersion && h.header_size == kHeaderSize,
+    MUDG_CHECK((h.version == 1 || h.version == kVersion) && h.header_size == kHeaderSize,
                "'%s' has an invalid header (format version %u, header size %u)", p, h.version, h.header_size);
 
     // 3. Size and footer: truncated, extended or overwritten tails.
@@ -390,7 +433,12 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
 
     // 5. Section offsets: exactly the documented layout, inside the file.
     const std::uint64_t params_offset = kHeaderSize + nlist * d * 4;
-    const std::uint64_t directory_offset = align_up(params_offset + 4 * want_params, 8);
+    const std::uint64_t ext_offset = align_up(params_offset + 4 * want_params, 8);
+    const std::uint64_t ext_bytes = h.version >= 2 ? h.ext_bytes : 0;  // version 1: reserved, ignored
+    MUDG_CHECK(ext_bytes % 8 == 0 && ext_bytes <= size,
+               "'%s' has an invalid header (extension section of %llu bytes in a file of %llu)", p, (ull)ext_bytes,
+               (ull)size);
+    const std::uint64_t directory_offset = ext_offset + ext_bytes;
     const std::uint64_t data_offset = align_up(directory_offset + nlist * sizeof(DirEntry), 64);
     MUDG_CHECK(h.centroids_offset == kHeaderSize && h.params_offset == params_offset && h.params_count == want_params &&
                    h.directory_offset == directory_offset && h.data_offset == data_offset,
@@ -419,6 +467,51 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
             ix->set_codec_params(std::vector<float>(params, params + 16 * d), {});
     } catch (const Error& e) {
         MUDG_CHECK(false, "'%s' is corrupted (invalid codec parameters: %s)", p, e.what());
+    }
+
+    // 6b. Extension records: well formed, sorted and unique, each one accepted by its owner.
+    {
+        const std::uint8_t* at = base + ext_offset;
+        std::uint64_t left = ext_bytes;
+        std::uint32_t prev_tag = 0;
+        bool first = true;
+        while (left > 0) {
+            MUDG_CHECK(left >= kRecordHeader, "'%s' is corrupted (truncated extension record)", p);
+            IvfExtension rec;
+            std::uint32_t flags;
+            std::uint64_t len;
+            std::memcpy(&rec.tag, at, 4);
+            std::memcpy(&flags, at + 4, 4);
+            std::memcpy(&len, at + 8, 8);
+            MUDG_CHECK((flags & ~kRecordRequired) == 0, "'%s' is corrupted (extension record '%s' has flags %u)", p,
+                       tag_text(rec.tag).c_str(), flags);
+            MUDG_CHECK(first || rec.tag > prev_tag,
+                       "'%s' is corrupted (extension records out of order or repeated at '%s')", p,
+                       tag_text(rec.tag).c_str());
+            MUDG_CHECK(len <= left - kRecordHeader && align_up(len, 8) <= left - kRecordHeader,
+                       "'%s' is corrupted (extension record '%s' of %llu bytes overruns its section)", p,
+                       tag_text(rec.tag).c_str(), (ull)len);
+            const std::uint64_t padded = align_up(len, 8);
+            MUDG_CHECK(all_zero(at + kRecordHeader + len, padded - len),
+                       "'%s' is corrupted (non-zero padding after extension record '%s')", p, tag_text(rec.tag).c_str());
+            rec.required = (flags & kRecordRequired) != 0;
+            rec.payload.assign(at + kRecordHeader, at + kRecordHeader + len);
+            bool known = false;
+            try {
+                known = ix->apply_extension(rec);
+            } catch (const Error& e) {
+                MUDG_CHECK(false, "'%s' is corrupted (invalid extension record '%s': %s)", p, tag_text(rec.tag).c_str(),
+                           e.what());
+            }
+            MUDG_CHECK(known,
+                       "'%s' needs a newer mudg_fast: it holds a required extension record '%s' that this version "
+                       "does not know (upgrade mudg_fast)",
+                       p, tag_text(rec.tag).c_str());
+            prev_tag = rec.tag;
+            first = false;
+            at += kRecordHeader + padded;
+            left -= kRecordHeader + padded;
+        }
     }
 
     // 7. Directory: each list where the layout puts it, sizes summing to ntotal. Sizes are

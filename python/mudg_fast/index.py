@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import numbers
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 try:
@@ -398,6 +400,39 @@ class IVFIndex:
 
     def memory_bytes(self) -> int:
         return self._ix.memory_bytes()
+
+    # -- identity and metadata --------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits identifying how vectors are assigned and encoded: dim, nlist, codec,
+        centroids, codec parameters (and any other trained state that decides them). Indexes
+        with equal fingerprints were trained together: they can be merged, and searched together
+        as parts of one index. The vectors held and the metadata do not enter it."""
+        return f"{self._ix.fingerprint():016x}"
+
+    @property
+    def metadata(self) -> dict:
+        """User metadata saved with the index (a copy; change it with ``set_metadata``)."""
+        raw = self._ix.metadata
+        return json.loads(raw.decode("utf-8")) if raw else {}
+
+    def set_metadata(self, metadata: Mapping) -> IVFIndex:
+        """Replaces the metadata saved with the index: a mapping with str keys and JSON values
+        (at most 1 MiB as JSON). It does not change how the index searches."""
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping (e.g. a dict), got {type(metadata).__name__}")
+        bad = [k for k in metadata if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"metadata keys must be str, got {bad[0]!r}")
+        try:
+            text = json.dumps(dict(metadata), sort_keys=True, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"metadata must hold str keys and finite JSON values: {e}") from None
+        raw = text.encode("utf-8") if metadata else b""
+        if len(raw) > _core.max_metadata_bytes:
+            raise ValueError(f"metadata is {len(raw)} bytes as JSON, at most {_core.max_metadata_bytes} are stored")
+        self._ix.set_metadata(raw)
+        return self
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path) -> None:

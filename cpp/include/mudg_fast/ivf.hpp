@@ -47,6 +47,27 @@ private:
 /// A read-only view of a file mapped into memory (or read into memory when mapping is off).
 class FileMapping;
 
+/// Four-character tag of a file extension record, e.g. fourcc("META").
+constexpr std::uint32_t fourcc(const char (&s)[5]) noexcept {
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(s[0])) |
+           static_cast<std::uint32_t>(static_cast<unsigned char>(s[1])) << 8 |
+           static_cast<std::uint32_t>(static_cast<unsigned char>(s[2])) << 16 |
+           static_cast<std::uint32_t>(static_cast<unsigned char>(s[3])) << 24;
+}
+
+/// One extension record of the file format (version 2, see ivf_io.cpp): a tagged payload stored
+/// with the index. A reader that meets a `required` record it does not know refuses the file
+/// (the record changes how vectors are assigned or encoded); other unknown records are kept
+/// as they are and written back on save.
+struct IvfExtension {
+    std::uint32_t tag = 0;
+    bool required = false;
+    std::vector<std::uint8_t> payload;
+};
+
+/// Largest user metadata text an index stores.
+inline constexpr std::size_t kMaxMetadataBytes = std::size_t{1} << 20;
+
 class IvfIndex {
 public:
     IvfIndex(idx_t dim, idx_t nlist, Codec codec);
@@ -104,6 +125,17 @@ public:
     /// Bytes of list storage (codes + ids).
     std::size_t memory_bytes() const;
 
+    /// User metadata: UTF-8 text (the Python layer stores JSON), at most kMaxMetadataBytes. Saved
+    /// with the index; not part of the fingerprint.
+    const std::string& metadata() const noexcept { return metadata_; }
+    void set_metadata(std::string text);
+
+    /// 64-bit fingerprint of everything that decides which list a vector joins and how it is
+    /// encoded: dim, nlist, codec, the centroids, the codec parameters and every required
+    /// extension record. Indexes with equal fingerprints were trained together: they can be
+    /// merged, and searched together as parts of one index.
+    std::uint64_t fingerprint() const;
+
 private:
     struct List {
         AlignedBuffer codes;             // owned blocks
@@ -123,6 +155,11 @@ private:
     void encode_slot(const float* v, std::uint8_t* block, int slot) const;
     void decode(const List& list, idx_t pos, float* out) const;
     void build_id_map() const;
+    /// Extension records written by save(), sorted by tag: the metadata, the state of optional
+    /// components, and unknown records kept from the loaded file.
+    std::vector<IvfExtension> extension_records() const;
+    /// Restores a record read by load(); returns false when this version does not know its tag.
+    bool apply_extension(const IvfExtension& rec);
 
     idx_t dim_, nlist_;
     Codec codec_;
@@ -132,6 +169,8 @@ private:
     std::vector<float> sq4_mid_;       // SQ4 decision thresholds [d][15], derived from levels
     std::vector<List> lists_;
     std::shared_ptr<FileMapping> mapping_;
+    std::string metadata_;
+    std::vector<IvfExtension> unknown_extensions_;  // optional records of a newer version, kept
     // id -> (list, position), built lazily by the first reconstruct(); concurrent readers
     // (several Python threads) build it once, under the mutex.
     mutable std::vector<std::pair<idx_t, std::int64_t>> id_map_;

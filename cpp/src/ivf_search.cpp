@@ -1,0 +1,182 @@
+// IvfIndex::search: coarse quantisation, then per-query or list-major scans of the probed lists.
+#include <algorithm>
+#include <vector>
+
+#include "ivf_internal.hpp"
+#include "mudg_fast/parallel.hpp"
+#include "mudg_fast/topk.hpp"
+
+namespace mudg_fast {
+
+using ivf_detail::kNegInf;
+using ivf_detail::Scratch;
+
+namespace {
+constexpr idx_t kRowGroup = 192;     // queries per tile-kernel call in list-major search
+constexpr idx_t kListMajorMin = 32;  // automatic mode: list-major from this many queries
+}  // namespace
+
+void IvfIndex::search(MatrixView<const float> q, int k, int nprobe, MatrixView<float> out_s,
+                      MatrixView<idx_t> out_i, int n_threads, SearchMode mode) const {
+    MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
+    MUDG_CHECK(nprobe >= 1, "nprobe must be >= 1, got %d", nprobe);
+    MUDG_CHECK(q.cols == dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols, (long long)dim_);
+    MUDG_CHECK(has_centroids(), "search() on an untrained index: call train() first");
+    const idx_t nq = q.rows, d = dim_;
+    for (idx_t i = 0; i < nq; ++i)
+        for (int j = 0; j < k; ++j) {
+            out_s.row(i)[j] = kNegInf;
+            out_i.row(i)[j] = -1;
+        }
+    if (nq == 0 || ntotal_ == 0) return;
+    nprobe = static_cast<int>(std::min<idx_t>(nprobe, nlist_));
+    const Kernels& K = kernels();
+    const int mr = K.mr;
+
+    // 1. Coarse quantiser: the nprobe nearest centroids of every query (exact).
+    std::vector<float> cs(static_cast<std::size_t>(nq * nprobe));
+    std::vector<idx_t> probes(static_cast<std::size_t>(nq * nprobe));
+    exact_search(MatrixView<const float>(centroids_.data(), nlist_, d), q, nprobe,
+                 MatrixView<float>(cs.data(), nq, nprobe), MatrixView<idx_t>(probes.data(), nq, nprobe), n_threads);
+
+    // SQ8 scores are <q * step, code> + <q, vmin>: the kernels see pre-scaled queries, the
+    // per-query constant is added at the end (it does not change the ranking).
+    const float* scale = codec_ == Codec::sq8 ? sq_b_.data() : nullptr;
+    std::vector<double> bias;
+    if (codec_ == Codec::sq8) {
+        bias.resize(nq);
+        for (idx_t i = 0; i < nq; ++i) {
+            double s = 0;
+            for (idx_t t = 0; t < d; ++t) s += static_cast<double>(q.row(i)[t]) * sq_a_[t];
+            bias[i] = s;
+        }
+    }
+    const float* lut = codec_ == Codec::sq4 ? sq_a_.data() : nullptr;
+    const int kk = static_cast<int>(std::min<idx_t>(k, ntotal_));
+    auto finish_row = [&](const TopkHeaps& heaps, idx_t row, idx_t qi) {
+        std::vector<float> s(kk);
+        std::vector<idx_t> ids(kk);
+        heaps.extract(row, s.data(), ids.data());
+        for (int j = 0; j < kk; ++j) {
+            out_s.row(qi)[j] = ids[j] >= 0 && !bias.empty() ? static_cast<float>(s[j] + bias[qi]) : s[j];
+            out_i.row(qi)[j] = ids[j];
+        }
+    };
+    TileArgs base;
+    base.d = d;
+    base.codec = codec_;
+    base.lut = lut;
+
+    if (mode == SearchMode::automatic) mode = nq >= kListMajorMin ? SearchMode::list_major : SearchMode::per_query;
+
+    if (mode == SearchMode::per_query) {
+        const int nt = effective_threads(nq, 1, n_threads);
+        std::vector<Scratch> panel(nt);
+        std::vector<TopkHeaps> heaps(nt);
+        parallel_for(nq, 1, n_threads, [&](idx_t i0, idx_t i1, int tid) {
+            float* a = panel[tid].get(packed_rows_size(1, d, mr));
+            TopkHeaps& h = heaps[tid];
+            for (idx_t qi = i0; qi < i1; ++qi) {
+                pack_rows(q.row(qi), q.stride, nullptr, 1, d, mr, scale, a);
+                h.reset(1, kk);
+                for (int p = 0; p < nprobe; ++p) {
+                    const idx_t l = probes[qi * nprobe + p];
+                    if (l < 0) continue;
+                    const List& list = lists_[l];
+                    if (!list.size) continue;
+                    TileArgs t = base;
+                    t.a = a;
+                    t.n_rows = 1;
+                    t.b = list.code_ptr();
+                    t.n_cols = list.size;
+                    HeapSink ctx;
+                    ctx.heaps = &h;
+                    ctx.call_thresholds = h.thresholds();
+                    ctx.col_ids = list.id_ptr();
+                    K.topk(t, h.thresholds(), HeapSink::sink, &ctx);
+                }
+                finish_row(h, 0, qi);
+            }
+        });
+        return;
+    }
+
+    // 2. List-major: invert (query, list) pairs into per-list query sets (ascending query ids).
+    std::vector<idx_t> start(nlist_ + 1, 0), members(static_cast<std::size_t>(nq * nprobe));
+    for (idx_t i = 0; i < nq * nprobe; ++i)
+        if (probes[i] >= 0) ++start[probes[i] + 1];
+    for (idx_t l = 0; l < nlist_; ++l) start[l + 1] += start[l];
+    {
+        std::vector<idx_t> fill(start.begin(), start.end() - 1);
+        for (idx_t i = 0; i < nq * nprobe; ++i)
+            if (probes[i] >= 0) members[fill[probes[i]]++] = i / nprobe;
+    }
+    // Work items: (list, row group), largest first for load balance. The result does not depend
+    // on the order: every reduction uses the total order (score, then lower id).
+    struct Item { idx_t list, r0, r1; double cost; };
+    std::vector<Item> items;
+    for (idx_t l = 0; l < nlist_; ++l) {
+        const idx_t m = start[l + 1] - start[l];
+        if (!m || !lists_[l].size) continue;
+        for (idx_t r0 = 0; r0 < m; r0 += kRowGroup) {
+            const idx_t r1 = std::min(m, r0 + kRowGroup);
+            items.push_back({l, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(lists_[l].size)});
+        }
+    }
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+
+    const int nt = effective_threads(static_cast<idx_t>(items.size()), 1, n_threads);
+    std::vector<TopkHeaps> heaps(nt);
+    std::vector<char> used(nt, 0);
+    std::vector<Scratch> panel(nt);
+    std::vector<std::vector<float>> thr(nt);
+    parallel_for(static_cast<idx_t>(items.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
+        TopkHeaps& h = heaps[tid];
+        if (!used[tid]) {
+            h.reset(nq, kk);
+            thr[tid].resize(kRowGroup);
+            used[tid] = 1;
+        }
+        for (idx_t w = b; w < e; ++w) {
+            const Item& it = items[w];
+            const List& list = lists_[it.list];
+            const idx_t rows = it.r1 - it.r0;
+            const idx_t* qids = members.data() + start[it.list] + it.r0;
+            float* a = panel[tid].get(packed_rows_size(kRowGroup, d, mr));
+            pack_rows(q.data, q.stride, qids, rows, d, mr, scale, a);
+            float* t_thr = thr[tid].data();
+            for (idx_t r = 0; r < rows; ++r) t_thr[r] = h.threshold(qids[r]);
+            TileArgs t = base;
+            t.a = a;
+            t.n_rows = rows;
+            t.b = list.code_ptr();
+            t.n_cols = list.size;
+            HeapSink ctx;
+            ctx.heaps = &h;
+            ctx.call_thresholds = t_thr;
+            ctx.row_map = qids;
+            ctx.col_ids = list.id_ptr();
+            K.topk(t, t_thr, HeapSink::sink, &ctx);
+        }
+    });
+    // 3. Merge the per-thread heaps (thread order; the result is order-independent anyway).
+    int first = -1;
+    for (int t = 0; t < nt; ++t)
+        if (used[t]) {
+            if (first < 0) {
+                first = t;
+                continue;
+            }
+            TopkHeaps& dst = heaps[first];
+            const TopkHeaps& src = heaps[t];
+            parallel_for(nq, 256, n_threads, [&](idx_t r0, idx_t r1, int) {
+                for (idx_t r = r0; r < r1; ++r) dst.merge_row(r, src, r);
+            });
+        }
+    if (first < 0) return;
+    parallel_for(nq, 256, n_threads, [&](idx_t r0, idx_t r1, int) {
+        for (idx_t r = r0; r < r1; ++r) finish_row(heaps[first], r, r);
+    });
+}
+
+}  // namespace mudg_fast
