@@ -53,8 +53,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (spherical: sum of cosines); non-decreasing.
     iteration_seconds_ : float64 of shape ``(n_iter_,)``, seconds per iteration
     n_features_in_ : int, the dimension seen by ``fit``.
-    feature_names_in_ : object array of shape ``(n_features_in_,)``, the column names when ``fit`` was given a
-        data frame with string column names.
+    feature_names_in_ : object array of shape ``(n_features_in_,)``, the column names when ``fit``
+        was given a data frame with string column names.
 
     Methods other than ``fit`` raise ``NotFittedError`` (scikit-learn's when it is installed; also a
     ``RuntimeError``) before ``fit``.
