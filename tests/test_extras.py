@@ -9,9 +9,16 @@ import pytest
 
 # Runs in a fresh interpreter in which the listed modules cannot be imported.
 HARNESS = """
-import sys
-for name in {blocked!r}:
-    sys.modules[name] = None  # "import name" now raises ImportError
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+
+class Block(importlib.abc.MetaPathFinder):  # "import name" raises ImportError, as if not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
 {body}
 """
 
