@@ -1,6 +1,9 @@
 // Every kernel of every SIMD level this CPU has against the scalar reference table, bit for bit,
 // on buffers of exactly the documented sizes (so AddressSanitizer sees any overrun), plus the
 // half-float conversions over all 65536 half values.
+//
+// MUDG_EXPECT_SIMD_LEVELS="scalar,neon,..." (set by .ci/neon for each emulated CPU) makes the run
+// fail unless the CPU offers exactly those levels, so a detection bug cannot shrink the coverage.
 #include <limits>
 #include <map>
 
@@ -71,6 +74,14 @@ std::map<idx_t, std::vector<std::pair<idx_t, float>>> by_row(const std::vector<H
 }
 
 }  // namespace
+
+TEST(expected_simd_levels_are_available) {
+    const char* expect = std::getenv("MUDG_EXPECT_SIMD_LEVELS");
+    std::string got;
+    for (SimdLevel level : available_levels()) got += (got.empty() ? "" : ",") + std::string(simd_level_name(level));
+    std::printf("       SIMD levels of this CPU: %s\n", got.c_str());
+    if (expect && *expect) CHECK_EQ(got, std::string(expect));
+}
 
 TEST(tile_kernels_equal_scalar_for_every_codec) {
     const Kernels& S = kernels_for(SimdLevel::scalar);
@@ -255,16 +266,24 @@ TEST(int8_screening_kernels_equal_scalar) {
     Rng rng(77);
     for (SimdLevel level : available_levels()) {
         const Kernels& K = kernels_for(level);
-        for (idx_t d4 : {1, 2, 5, 16})
+        const int lim = K.i8_col_limit;
+        CHECK(lim == 63 || lim == 127);
+        for (idx_t d4 : {1, 2, 5, 16, 256})
             for (idx_t n_rows : {1, 5, 6, 7, 13})
-                for (idx_t n_cols : {1, 15, 16, 17, 50}) {
-                    // rows: u8 q + 128 with |q| <= 127; columns: s8 with |q| <= 63 (the kernels' contract)
+                for (idx_t n_cols : {1, 15, 16, 17, 50, 64, 65, 113}) {
+                    if (d4 == 256 && n_rows * n_cols > 200) continue;  // d = 1024: a few extreme cases
+                    // rows: u8 q + 128 with |q| <= 127; columns: s8 with |q| <= the table's limit
                     const idx_t n_panels = (n_rows + kMr8 - 1) / kMr8;
                     Aligned<std::uint8_t> a(static_cast<std::size_t>(n_panels * d4 * 4 * kMr8), 128);
                     for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<std::uint8_t>(1 + rng.below(255));
                     Aligned<std::int8_t> b(static_cast<std::size_t>(n_blocks(n_cols) * d4 * 64));
                     for (std::size_t i = 0; i < b.size(); ++i)
-                        b[i] = static_cast<std::int8_t>(static_cast<int>(rng.below(127)) - 63);
+                        b[i] = static_cast<std::int8_t>(static_cast<int>(rng.below(2 * lim + 1)) - lim);
+                    if (d4 == 256) {  // the largest sums the contract allows: every product at its extreme
+                        for (std::size_t i = 0; i < a.size(); ++i) a[i] = i % 3 ? 255 : 1;
+                        for (std::size_t i = 0; i < b.size(); ++i)
+                            b[i] = static_cast<std::int8_t>(i % 5 ? lim : -lim);
+                    }
                     std::vector<float> rs(n_rows), cs(n_cols);
                     std::vector<std::int32_t> corr(n_cols);
                     for (auto& v : rs) v = static_cast<float>(rng.uniform() + 0.01);
