@@ -57,6 +57,9 @@ SimdLevel detected_simd_level() noexcept;
 SimdLevel simd_level();
 /// Tests and benchmarks only: switch the active level. Throws Error if the CPU lacks it.
 void set_simd_level(SimdLevel level);
+/// True in the SIMDe test build (CMake MUDG_SIMDE): the x86 levels are portable emulations, all
+/// offered on any CPU, and far slower than the real instructions.
+bool simd_emulated() noexcept;
 
 /// Database vectors live in blocks of kBlock vectors stored dimension-major ("transposed"):
 /// value of vector j (0..15) in dimension k sits at block[k * kBlock + j]. Unused slots are zero.

@@ -107,6 +107,14 @@ unsigned supported_mask() noexcept {
 
 }  // namespace
 
+bool simd_emulated() noexcept {
+#if defined(MUDG_SIMDE)
+    return true;
+#else
+    return false;
+#endif
+}
+
 bool simd_level_supported(SimdLevel level) noexcept {
     return (supported_mask() >> static_cast<int>(level)) & 1u;
 }
