@@ -13,6 +13,7 @@ measured in its own subprocess; the best is the reference.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -78,16 +79,50 @@ def run_peer(task: str, params: dict, coretype: str | None, timeout: int = 3600)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def machine_info() -> dict:
-    cpu = platform.processor()
+# CPU flags (as /proc/cpuinfo spells them) that decide which SIMD levels and peers' kernels run.
+CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "asimd", "asimddp")
+
+
+def cpu_description() -> dict:
+    """Model name, family/model numbers and the SIMD-relevant flags of the first CPU."""
+    out = {"cpu": platform.processor() or platform.machine(), "cpu_family": None, "cpu_model": None,
+           "cpu_flags": []}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and out["cpu_family"] is None:
+                out["cpu"] = value
+            elif key == "cpu family" and out["cpu_family"] is None:
+                out["cpu_family"] = value
+            elif key == "model" and out["cpu_model"] is None:
+                out["cpu_model"] = value
+            elif key in ("flags", "Features"):
+                present = set(value.split())
+                out["cpu_flags"] = [f for f in CPU_FLAGS if f in present]
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads_used": THREADS, "simd": mudg_fast.simd_level(),
+    return out
+
+
+def screening_defaults() -> dict:
+    """Whether each available SIMD level screens exact searches with int8 by default."""
+    before = mudg_fast.simd_level()
+    out = {}
+    try:
+        for level in mudg_fast.available_simd_levels():
+            mudg_fast.set_simd_level(level)
+            out[level] = bool(mudg_fast._core.screening_default())
+    finally:
+        mudg_fast.set_simd_level(before)
+    return out
+
+
+def machine_info() -> dict:
+    cpu = cpu_description()
+    info = {**cpu, "cores": os.cpu_count(), "threads_used": THREADS, "simd": mudg_fast.simd_level(),
+            "simd_levels": mudg_fast.available_simd_levels(), "screening": screening_defaults(),
             "python": platform.python_version(), "numpy": np.__version__, "mudg_fast": mudg_fast.__version__,
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"), "scale": SCALE}
     for mod in ("faiss", "sklearn"):
@@ -96,6 +131,28 @@ def machine_info() -> dict:
         except Exception:  # noqa: BLE001
             info[mod] = "not installed"
     return info
+
+
+@contextlib.contextmanager
+def simd_level(level: str):
+    """Runs the block at another SIMD level (restored afterwards)."""
+    before = mudg_fast.simd_level()
+    mudg_fast.set_simd_level(level)
+    try:
+        yield
+    finally:
+        mudg_fast.set_simd_level(before)
+
+
+def other_levels() -> list[str]:
+    """avx2, when this CPU's default level is better: the AVX2-only figures measured here too."""
+    levels = mudg_fast.available_simd_levels()
+    return ["avx2"] if "avx2" in levels and mudg_fast.simd_level() != "avx2" else []
+
+
+def vnni_avx512() -> bool:
+    """Whether the default level is AVX-512 with VNNI (the higher speed targets apply)."""
+    return mudg_fast.simd_level() == "avx512+vnni"
 
 
 class Recorder:

@@ -43,6 +43,24 @@ def _row(row):
     return "| " + " | ".join(cells) + " |"
 
 
+def _cpu(m):
+    """'AMD EPYC (family 26 model 2; avx2 fma ... avx512_vnni)', or the bare name for older results."""
+    parts = []
+    if m.get("cpu_family") is not None:
+        parts.append(f"family {m['cpu_family']} model {m['cpu_model']}")
+    if m.get("cpu_flags"):
+        parts.append(" ".join(m["cpu_flags"]))
+    return m["cpu"] + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _screening(m):
+    scr = m.get("screening")
+    if not scr:
+        return ""
+    on = [lv for lv, v in scr.items() if v]
+    return f", int8 screening on by default at {', '.join(on) if on else 'no level'}"
+
+
 def write_results_md(results_dir: Path, out: Path):
     groups = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     lines = ["# Benchmark results", "",
@@ -54,8 +72,8 @@ def write_results_md(results_dir: Path, out: Path):
     for g in groups:
         m = g["machine"]
         lines += [f"## {g['title']}", "",
-                  f"Measured {g['date']} on {m['cpu']} ({m['cores']} cores, {m['threads_used']} threads used, "
-                  f"mudg_fast SIMD level {m['simd']}); numpy {m['numpy']}, faiss {m['faiss']}, "
+                  f"Measured {g['date']} on {_cpu(m)} ({m['cores']} cores, {m['threads_used']} threads used, "
+                  f"mudg_fast SIMD level {m['simd']}{_screening(m)}); numpy {m['numpy']}, faiss {m['faiss']}, "
                   f"scikit-learn {m['sklearn']}; scale {m['scale']}.", ""]
         if g.get("targets"):
             lines += ["Targets: " + "; ".join(g["targets"]) + ".", ""]

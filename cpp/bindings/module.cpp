@@ -48,10 +48,15 @@ double max_abs(const py::buffer& buf) {
         constexpr idx_t kChunk = idx_t{1} << 20;
         std::vector<std::uint64_t> part(static_cast<std::size_t>((n + kChunk - 1) / kChunk), 0);
         std::atomic<bool> bad{false};
+        const Kernels& K = kernels();
         parallel_for(n, kChunk, 0, [&](idx_t b, idx_t e, int) {
             if (bad.load(std::memory_order_relaxed)) return;
             U m = 0;
-            for (idx_t i = b; i < e; ++i) m = std::max<U>(m, static_cast<U>(p[i] & abs_mask));
+            if constexpr (sizeof(U) == 4) {  // float32: the SIMD level's vectorised scan
+                m = K.max_abs_bits(p + b, e - b);
+            } else {
+                for (idx_t i = b; i < e; ++i) m = std::max<U>(m, static_cast<U>(p[i] & abs_mask));
+            }
             part[static_cast<std::size_t>(b / kChunk)] = m;
             if (m >= inf_bits) bad.store(true);
         });
@@ -128,6 +133,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_screening", &set_screening, py::arg("mode"),
           "int8 screening of exact searches: -1 the SIMD level's default, 0 off, 1 on (tests).");
     m.def("screening_mode", &screening_mode);
+    m.def("screening_default", [] { return kernels().screening; },
+          "Whether the active SIMD level screens exact searches with int8 by default.");
     m.def("all_finite", &all_finite, py::arg("array"), "True when the array holds no NaN or inf.");
     m.def("magnitude_limit", &magnitude_limit, py::arg("d"),
           "Largest |value| a d-dimensional input may hold (its float32 scores cannot overflow).");

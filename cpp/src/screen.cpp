@@ -66,17 +66,25 @@ void QuantCols::quantize(const float* src, idx_t stride, idx_t n_cols, idx_t d, 
     scale.assign(n, 1.0f);
     corr.assign(n, 0);
     std::vector<double> qn(n), rs(n), nm(n);
-    parallel_for(n, 256, n_threads, [&](idx_t c0, idx_t c1, int) {
+    parallel_for(n, 256, n_threads, [&](idx_t c0, idx_t c1, int) {  // c0 is a multiple of 16
         for (idx_t c = c0; c < c1; ++c) {
             double st[3];
             auto* base = reinterpret_cast<std::uint8_t*>(blocks.data()) + (c / 16) * d4 * 64 + (c % 16) * 4;
             K.quantize_row(src + c * stride, d, K.i8_col_limit, 0, base, 64, &scale[c], st);
-            std::int32_t qsum = 0;
-            for (idx_t k = 0; k < d; ++k) qsum += static_cast<std::int8_t>(base[(k / 4) * 64 + (k % 4)]);
-            corr[c] = 128 * qsum;
             qn[c] = st[0];
             rs[c] = st[1];
             nm[c] = st[2];
+        }
+        // corr = 128 * sum(q) per column, a block at a time (padding bytes are 0)
+        for (idx_t b = c0 / 16; b * 16 < c1; ++b) {
+            const std::int8_t* blk = blocks.data() + b * d4 * 64;
+            std::int32_t sum[64] = {};
+            for (idx_t g = 0; g < d4; ++g)
+                for (int i = 0; i < 64; ++i) sum[i] += blk[g * 64 + i];
+            for (idx_t c = b * 16; c < std::min(c1, b * 16 + 16); ++c) {
+                const int j = static_cast<int>(c - b * 16) * 4;
+                corr[c] = 128 * (sum[j] + sum[j + 1] + sum[j + 2] + sum[j + 3]);
+            }
         }
     });
     qnorm_max = resid_max = norm_max = 0;

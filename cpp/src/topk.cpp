@@ -178,25 +178,36 @@ struct HeapState {
 struct ScreenScratch {
     std::vector<float> z, kth, exact;
     std::vector<std::int32_t> cand;
-    std::vector<idx_t> pair_block, pair_row, pair_col, order, block_start;
-    std::vector<const float*> rows_of_block;
+    std::vector<idx_t> pair_key, pair_row, pair_col, order, key_start, fill;
+    std::vector<const float*> vecs;
+};
+
+/// Where the exact re-scoring finds the vectors of a screened call. Either the columns are packed
+/// in fp32 blocks (col_blocks: block c0/16 of the call first) and the rows are read in place, or
+/// the rows are packed (row_blocks: 16-row blocks, block r0/16 first) and the columns are read in
+/// place from `db`. A score is the same fma chain either way (fma(a, b, c) == fma(b, a, c)); the
+/// second form spares packing a large database that is streamed once.
+struct Rescore {
+    const float* col_blocks = nullptr;
+    const float* row_blocks = nullptr;
+    MatrixView<const float> db;  ///< the columns (row_blocks form)
 };
 
 /// Screened search of rows [r0, r0+rows) of `qr` (state rows st_row0 + i) against columns
-/// [c0, c0+ncols) of `qc`. `packed` holds the same columns as fp32 blocks (block c0/16 first);
-/// their ids are col_base + c. Candidates are re-scored exactly with the fp32 tile kernel, one
-/// 16-column block at a time for all rows that need it, so each pair costs what it costs in the
-/// plain search.
+/// [c0, c0+ncols) of `qc` (ids col_base + c; in the database `db` at row col_base + c). Candidates
+/// are re-scored exactly with the fp32 tile kernel on 16-wide blocks of packed vectors, grouped so
+/// that each block is read once for all the vectors of the other side that need it.
 template <class State>
 void screened_call(const Kernels& K, State& st, idx_t st_row0, const QuantRows& qr, idx_t r0, idx_t rows,
                    MatrixView<const float> q, const idx_t* qids, idx_t q_row0, const QuantCols& qc, idx_t c0,
-                   idx_t ncols, const float* packed, idx_t col_base, idx_t d, ScreenScratch& w) {
+                   idx_t ncols, const Rescore& rs, idx_t col_base, idx_t d, ScreenScratch& w) {
     const int k = st.k();
     w.z.resize(static_cast<std::size_t>(rows * ncols));
     K.i8_scores(qr.panels.data() + ((r0) / kMr8) * qr.d4 * 4 * kMr8, rows, qc.blocks.data() + (c0 / 16) * qc.d4 * 64,
                 ncols, qr.d4, qr.scale.data() + r0, qc.scale.data() + c0, qc.corr.data() + c0, w.z.data(), ncols);
+    const bool by_col_block = rs.col_blocks != nullptr;
     w.cand.resize(ncols);
-    w.pair_block.clear();
+    w.pair_key.clear();
     w.pair_row.clear();
     w.pair_col.clear();
     for (idx_t r = 0; r < rows; ++r) {
@@ -219,52 +230,75 @@ void screened_call(const Kernels& K, State& st, idx_t st_row0, const QuantRows& 
         if (static_cast<double>(tau_f) > tau) tau_f = std::nextafter(tau_f, -HUGE_VALF);
         const idx_t m = K.collect_ge(zr, ncols, tau_f, w.cand.data());
         for (idx_t i = 0; i < m; ++i) {
-            w.pair_block.push_back(w.cand[i] / kBlock);
+            w.pair_key.push_back(by_col_block ? w.cand[i] / kBlock : r / kBlock);
             w.pair_row.push_back(r);
             w.pair_col.push_back(w.cand[i]);
         }
     }
     const idx_t n_pairs = static_cast<idx_t>(w.pair_row.size());
     if (!n_pairs) return;
-    // Group the pairs by block (stable: rows stay ascending within a block).
-    const idx_t nblk = n_blocks(ncols);
-    w.block_start.assign(nblk + 1, 0);
-    for (idx_t i = 0; i < n_pairs; ++i) ++w.block_start[w.pair_block[i] + 1];
-    for (idx_t b = 0; b < nblk; ++b) w.block_start[b + 1] += w.block_start[b];
+    // Group the pairs by the block that is packed (stable: within a block, pairs stay ordered by
+    // row, then column).
+    const idx_t nkeys = n_blocks(by_col_block ? ncols : rows);
+    w.key_start.assign(nkeys + 1, 0);
+    for (idx_t i = 0; i < n_pairs; ++i) ++w.key_start[w.pair_key[i] + 1];
+    for (idx_t b = 0; b < nkeys; ++b) w.key_start[b + 1] += w.key_start[b];
     w.order.resize(n_pairs);
-    {
-        std::vector<idx_t> fill(w.block_start.begin(), w.block_start.end() - 1);
-        for (idx_t i = 0; i < n_pairs; ++i) w.order[fill[w.pair_block[i]]++] = i;
-    }
-    for (idx_t b = 0; b < nblk; ++b) {
-        const idx_t p0 = w.block_start[b], p1 = w.block_start[b + 1];
+    w.fill.assign(w.key_start.begin(), w.key_start.end() - 1);
+    for (idx_t i = 0; i < n_pairs; ++i) w.order[w.fill[w.pair_key[i]]++] = i;
+    for (idx_t b = 0; b < nkeys; ++b) {
+        const idx_t p0 = w.key_start[b], p1 = w.key_start[b + 1];
         if (p0 == p1) continue;
-        // Distinct local rows, ascending (one output row each, even when two rows are the same
-        // source vector), read in place by the kernel.
-        w.rows_of_block.clear();
-        idx_t last_r = -1;
-        for (idx_t i = p0; i < p1; ++i) {
-            const idx_t r = w.pair_row[w.order[i]];
-            if (r == last_r) continue;
-            last_r = r;
-            const idx_t qrow = q_row0 + r0 + r;
-            w.rows_of_block.push_back(q.data + (qids ? qids[qrow] : qrow) * q.stride);
-        }
-        const idx_t nr = static_cast<idx_t>(w.rows_of_block.size());
-        const idx_t bcols = std::min<idx_t>(kBlock, ncols - b * kBlock);
-        w.exact.resize(static_cast<std::size_t>(nr * kBlock));
-        K.scores_rows(w.rows_of_block.data(), nr, packed + (c0 / kBlock + b) * kBlock * d, bcols, d, w.exact.data(),
-                      kBlock);
-        idx_t ri = -1, last = -1;
-        for (idx_t i = p0; i < p1; ++i) {
-            const idx_t pi = w.order[i];
-            const idx_t r = w.pair_row[pi];
-            if (r != last) {
-                ++ri;
+        if (by_col_block) {
+            // Distinct rows, ascending (one output row each, even when two rows are the same
+            // source vector), read in place against column block b.
+            w.vecs.clear();
+            idx_t last = -1;
+            for (idx_t i = p0; i < p1; ++i) {
+                const idx_t r = w.pair_row[w.order[i]];
+                if (r == last) continue;
                 last = r;
+                const idx_t qrow = q_row0 + r0 + r;
+                w.vecs.push_back(q.data + (qids ? qids[qrow] : qrow) * q.stride);
             }
-            const idx_t c = w.pair_col[pi];
-            st.push(st_row0 + r, w.exact[ri * kBlock + (c - b * kBlock)], col_base + c0 + c);
+            const idx_t nv = static_cast<idx_t>(w.vecs.size());
+            const idx_t bcols = std::min<idx_t>(kBlock, ncols - b * kBlock);
+            w.exact.resize(static_cast<std::size_t>(nv * kBlock));
+            K.scores_rows(w.vecs.data(), nv, rs.col_blocks + (c0 / kBlock + b) * kBlock * d, bcols, d, w.exact.data(),
+                          kBlock);
+            idx_t vi = -1;
+            last = -1;
+            for (idx_t i = p0; i < p1; ++i) {
+                const idx_t pi = w.order[i];
+                const idx_t r = w.pair_row[pi];
+                if (r != last) {
+                    ++vi;
+                    last = r;
+                }
+                const idx_t c = w.pair_col[pi];
+                st.push(st_row0 + r, w.exact[vi * kBlock + (c - b * kBlock)], col_base + c0 + c);
+            }
+        } else {
+            // Distinct columns of the pairs of row block b, ascending, read in place against the
+            // packed rows: exact[v * 16 + j] = score(row 16 b + j, column v).
+            w.cand.clear();
+            for (idx_t i = p0; i < p1; ++i) w.cand.push_back(static_cast<std::int32_t>(w.pair_col[w.order[i]]));
+            std::sort(w.cand.begin(), w.cand.end());
+            w.cand.erase(std::unique(w.cand.begin(), w.cand.end()), w.cand.end());
+            w.vecs.clear();
+            for (std::int32_t c : w.cand) w.vecs.push_back(rs.db.row(col_base + c0 + c));
+            const idx_t nv = static_cast<idx_t>(w.vecs.size());
+            const idx_t brows = std::min<idx_t>(kBlock, rows - b * kBlock);
+            w.exact.resize(static_cast<std::size_t>(nv * kBlock));
+            K.scores_rows(w.vecs.data(), nv, rs.row_blocks + ((r0 / kBlock) + b) * kBlock * d, brows, d,
+                          w.exact.data(), kBlock);
+            for (idx_t i = p0; i < p1; ++i) {
+                const idx_t pi = w.order[i];
+                const idx_t r = w.pair_row[pi], c = w.pair_col[pi];
+                const idx_t v = std::lower_bound(w.cand.begin(), w.cand.end(), static_cast<std::int32_t>(c)) -
+                                w.cand.begin();
+                st.push(st_row0 + r, w.exact[v * kBlock + (r - b * kBlock)], col_base + c0 + c);
+            }
         }
     }
 }
@@ -302,9 +336,11 @@ void search_driver(MatrixView<const float> db, MatrixView<const float> q, const 
             if (screen) {
                 QuantRows& qr = qrows[tid];
                 qr.quantize(q.data + (qids ? 0 : i0 * q.stride), q.stride, qids ? qids + i0 : nullptr, rows, d);
+                Rescore rs;
+                rs.col_blocks = packed.ptr;
                 for (idx_t c0 = 0; c0 < n; c0 += col_chunk)
-                    screened_call(K, st, 0, qr, 0, rows, q, qids, i0, qc, c0, std::min(col_chunk, n - c0),
-                                  packed.ptr, 0, d, scratch[tid]);
+                    screened_call(K, st, 0, qr, 0, rows, q, qids, i0, qc, c0, std::min(col_chunk, n - c0), rs, 0, d,
+                                  scratch[tid]);
             } else {
                 AlignedFloats& a = bufs[tid];
                 a.resize(packed_rows_size(kRowGroup, d, mr));
@@ -326,15 +362,24 @@ void search_driver(MatrixView<const float> db, MatrixView<const float> q, const 
         return;
     }
 
-    // Large database: stream it chunk by chunk for each chunk of queries.
+    // Large database: stream it chunk by chunk for each chunk of queries. Screened, the database
+    // is only quantised (a chunk at a time) and its candidates re-scored in place against the
+    // packed queries.
     const int nt = resolve_threads(n_threads);
     const idx_t q_chunk = std::min<idx_t>(nq, 8192);
+    static_assert(kScreenRowGroup % kBlock == 0 && kScreenRowGroup % kMr8 == 0, "row groups start on a block");
     AlignedFloats a;
     QuantRows qr;
     for (idx_t q0 = 0; q0 < nq; q0 += q_chunk) {
         const idx_t rows = std::min(q_chunk, nq - q0);
         if (screen) {
             qr.quantize(q.data + (qids ? 0 : q0 * q.stride), q.stride, qids ? qids + q0 : nullptr, rows, d);
+            a.resize(n_blocks(rows) * kBlock * d);
+            parallel_for(n_blocks(rows), 16, n_threads, [&](idx_t b0, idx_t b1, int) {
+                const idx_t r0 = b0 * kBlock, r1 = std::min(rows, b1 * kBlock);
+                K.pack_blocks_f32(q.data + (qids ? 0 : (q0 + r0) * q.stride), q.stride,
+                                  qids ? qids + q0 + r0 : nullptr, r1 - r0, d, a.ptr + b0 * kBlock * d);
+            });
         } else {
             a.resize(packed_rows_size(rows, d, mr));
             parallel_for(rows, kRowGroup, n_threads, [&](idx_t r0, idx_t r1, int) {
@@ -353,17 +398,20 @@ void search_driver(MatrixView<const float> db, MatrixView<const float> q, const 
                 st.reset(rows, mr);
                 used[tid] = 1;
             }
-            AlignedFloats& buf = bufs[tid];
-            buf.resize(kDbChunk * d);
-            K.pack_blocks_f32(db.data + c0 * db.stride, db.stride, nullptr, c1 - c0, d, buf.ptr);
             if (screen) {
                 QuantCols& qc = qcols[tid];
                 qc.quantize(db.data + c0 * db.stride, db.stride, c1 - c0, d, 1);
+                Rescore rs;
+                rs.row_blocks = a.ptr;
+                rs.db = db;
                 for (idx_t r0 = 0; r0 < rows; r0 += kScreenRowGroup)
                     screened_call(K, st, r0, qr, r0, std::min(kScreenRowGroup, rows - r0), q, qids, q0, qc, 0,
-                                  c1 - c0, buf.ptr, c0, d, scratch[tid]);
+                                  c1 - c0, rs, c0, d, scratch[tid]);
                 return;
             }
+            AlignedFloats& buf = bufs[tid];
+            buf.resize(kDbChunk * d);
+            K.pack_blocks_f32(db.data + c0 * db.stride, db.stride, nullptr, c1 - c0, d, buf.ptr);
             TileArgs t;
             t.b = buf.ptr;
             t.n_cols = c1 - c0;

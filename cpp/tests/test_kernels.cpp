@@ -267,6 +267,36 @@ TEST(pack_kernels_equal_scalar) {
     }
 }
 
+TEST(max_abs_scan_equals_scalar_and_the_oracle) {
+    const Kernels& S = kernels_for(SimdLevel::scalar);
+    std::vector<float> x = uniform(1000, 9);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] *= static_cast<float>(1 + i % 7);
+    x[123] = -9.5f;  // the largest magnitude is negative
+    const auto bits = [](float f) {
+        std::uint32_t u;
+        std::memcpy(&u, &f, 4);
+        return u;
+    };
+    for (SimdLevel level : available_levels()) {
+        const Kernels& K = kernels_for(level);
+        for (idx_t n : {0, 1, 7, 8, 17, 63, 64, 65, 1000}) {
+            std::vector<float> v(x.begin(), x.begin() + n);
+            const auto* p = reinterpret_cast<const std::uint32_t*>(v.data());
+            float want = 0.0f;
+            for (float f : v) want = std::max(want, std::fabs(f));
+            CHECK_EQ(K.max_abs_bits(p, n), bits(want));
+            CHECK_EQ(K.max_abs_bits(p, n), S.max_abs_bits(p, n));
+            if (n >= 17) {  // inf and NaN (either sign) give patterns at or above the inf pattern
+                for (float bad : {INFINITY, -INFINITY, std::numeric_limits<float>::quiet_NaN(), -std::nanf("")}) {
+                    v[n - 3] = bad;
+                    CHECK(K.max_abs_bits(p, n) >= 0x7F800000u);
+                    CHECK_EQ(K.max_abs_bits(p, n), S.max_abs_bits(p, n));
+                }
+            }
+        }
+    }
+}
+
 TEST(f16_conversion_equals_scalar) {
     std::vector<float> src = uniform(1001, 3);
     for (auto& v : src) v *= 70000.0f;  // past the half range: overflows to inf

@@ -130,6 +130,8 @@ struct Kernels {
     /// ceil(n/16) f32 blocks at out (zero-padded).
     void (*pack_blocks_f32)(const float* src, idx_t stride, const idx_t* ids, idx_t n, idx_t d,
                             float* out);
+    /// max_i (p[i] & 0x7FFFFFFF): the bit pattern of the largest |x| of n floats (input checks).
+    std::uint32_t (*max_abs_bits)(const std::uint32_t* p, idx_t n);
     /// dst[i] = half(src[i]), round to nearest even (identical to float_to_half()).
     void (*f32_to_f16)(const float* src, idx_t n, std::uint16_t* dst);
 

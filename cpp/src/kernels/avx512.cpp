@@ -1,5 +1,7 @@
 // AVX-512 kernels: 12x32 tiles (24 zmm accumulators). Built with AVX-512 F/BW/VL/DQ flags only.
-// Shares tile_impl.hpp with the AVX2 file; only the vector traits below differ.
+// Shares tile_impl.hpp with the AVX2 file (only the vector traits below differ) and its int8
+// screening kernel (i8_impl.hpp; avx512_vnni.cpp has the vpdpbusd one); quantisation helpers on
+// zmm (quant_avx512_impl.hpp).
 #include "isa_intrinsics.hpp"
 
 #include <cstdint>
@@ -53,12 +55,14 @@ struct Isa {
 
 #include "tile_impl.hpp"
 #include "pack_impl.hpp"
+#include "scan_impl.hpp"
 #include "i8_impl.hpp"
+#include "quant_avx512_impl.hpp"
 
 
-const Kernels kTable = {SimdLevel::avx512, Isa::MR, k_scores, k_argmax, k_topk, k_scores_rows, k_pack_blocks_f32,
-                          k_f32_to_f16, false, 63, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row,
-                          k_encode_sq4};
+const Kernels kTable = {SimdLevel::avx512, Isa::MR, k_scores, k_argmax, k_topk, k_scores_rows,
+                        k_pack_blocks_f32, k_max_abs_bits, k_f32_to_f16, false, 63, k_i8_scores, k_max_value,
+                        k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 

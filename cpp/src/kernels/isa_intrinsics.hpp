@@ -51,6 +51,47 @@ static inline simde__m512 cvtph_ps(simde__m256i a) {  // two 8-lane halves throu
     __builtin_memcpy(reinterpret_cast<char*>(&v) + 32, &hi, 32);
     return v;
 }
+static inline simde__m512i cvtps_epi32(simde__m512 a) {  // current rounding mode: nearest even
+    float x[16];
+    std::int32_t r[16];
+    __builtin_memcpy(x, &a, 64);
+    for (int i = 0; i < 16; ++i) r[i] = static_cast<std::int32_t>(std::nearbyint(x[i]));  // in range here
+    simde__m512i v;
+    __builtin_memcpy(&v, r, 64);
+    return v;
+}
+static inline simde__m128i cvtepi32_epi8(simde__m512i a) {  // vpmovdb: keep the low byte
+    std::int32_t x[16];
+    std::uint8_t r[16];
+    __builtin_memcpy(x, &a, 64);
+    for (int i = 0; i < 16; ++i) r[i] = static_cast<std::uint8_t>(x[i] & 0xFF);
+    simde__m128i v;
+    __builtin_memcpy(&v, r, 16);
+    return v;
+}
+static inline float reduce_max_ps(simde__m512 a) {
+    float x[16];
+    __builtin_memcpy(x, &a, 64);
+    float m = x[0];
+    for (int i = 1; i < 16; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+}
+static inline float reduce_add_ps(simde__m512 a) {
+    float x[16];
+    __builtin_memcpy(x, &a, 64);
+    float s = 0;
+    for (int i = 0; i < 16; ++i) s += x[i];
+    return s;
+}
+static inline simde__m512 mask_loadu_ps(simde__m512 src, std::uint16_t mask, const float* p) {
+    float x[16];
+    __builtin_memcpy(x, &src, 64);
+    for (int i = 0; i < 16; ++i)
+        if ((mask >> i) & 1u) x[i] = p[i];
+    simde__m512 v;
+    __builtin_memcpy(&v, x, 64);
+    return v;
+}
 template <class T, class V>
 static inline void mask_storeu(void* p, std::uint16_t mask, V v) {
     T x[16];
@@ -73,6 +114,21 @@ static inline void mask_storeu(void* p, std::uint16_t mask, V v) {
 #endif
 #if !defined(_mm512_mask_storeu_epi32)
 #define _mm512_mask_storeu_epi32(p, m, v) mudg_simde_extra::mask_storeu<std::int32_t>(p, m, v)
+#endif
+#if !defined(_mm512_cvtps_epi32)
+#define _mm512_cvtps_epi32(a) mudg_simde_extra::cvtps_epi32(a)
+#endif
+#if !defined(_mm512_cvtepi32_epi8)
+#define _mm512_cvtepi32_epi8(a) mudg_simde_extra::cvtepi32_epi8(a)
+#endif
+#if !defined(_mm512_reduce_max_ps)
+#define _mm512_reduce_max_ps(a) mudg_simde_extra::reduce_max_ps(a)
+#endif
+#if !defined(_mm512_reduce_add_ps)
+#define _mm512_reduce_add_ps(a) mudg_simde_extra::reduce_add_ps(a)
+#endif
+#if !defined(_mm512_mask_loadu_ps)
+#define _mm512_mask_loadu_ps(src, m, p) mudg_simde_extra::mask_loadu_ps(src, m, p)
 #endif
 #if !defined(_MM_FROUND_NO_EXC)
 #define _MM_FROUND_NO_EXC SIMDE_MM_FROUND_NO_EXC
@@ -111,10 +167,12 @@ static inline simde__m128 fnmadd_ss(simde__m128 a, simde__m128 b, simde__m128 c)
 #undef _mm256_fmadd_ps
 #undef _mm512_fmadd_ps
 #undef _mm256_fnmadd_ps
+#undef _mm512_fnmadd_ps
 #undef _mm_fnmadd_ss
 #define _mm256_fmadd_ps(a, b, c) mudg_simde_fma::lanes<simde__m256>(a, b, c, 1.0f)
 #define _mm512_fmadd_ps(a, b, c) mudg_simde_fma::lanes<simde__m512>(a, b, c, 1.0f)
 #define _mm256_fnmadd_ps(a, b, c) mudg_simde_fma::lanes<simde__m256>(a, b, c, -1.0f)
+#define _mm512_fnmadd_ps(a, b, c) mudg_simde_fma::lanes<simde__m512>(a, b, c, -1.0f)
 #define _mm_fnmadd_ss(a, b, c) mudg_simde_fma::fnmadd_ss(a, b, c)
 
 #else

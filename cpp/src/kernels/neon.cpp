@@ -72,6 +72,7 @@ struct Isa {
 };
 
 #include "tile_impl.hpp"
+#include "scan_impl.hpp"
 
 /// Transposes 4 rows x 4 dimensions (rows[i] + k) into 4 dimension rows of stride 16 at out.
 inline void transpose4(const float* const* rows, idx_t k, float* out) {
@@ -235,8 +236,9 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
 
 // Screening stays off by default here: without sdot an int8 dot product costs as many
 // instructions as the fp32 one (see README, "ARM").
-const Kernels kTable = {SimdLevel::neon, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                        false, 127, k_i8_scores_neon, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
+const Kernels kTable = {SimdLevel::neon, Isa::MR, k_scores, k_argmax, k_topk, k_scores_rows,
+                        k_pack_blocks_f32, k_max_abs_bits, k_f32_to_f16, false, 127, k_i8_scores_neon, k_max_value,
+                        k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 

@@ -90,6 +90,8 @@ void k_pack_blocks_f32(const float* src, idx_t stride, const idx_t* ids, idx_t n
         }
 }
 
+#include "scan_impl.hpp"
+
 void k_f32_to_f16(const float* src, idx_t n, std::uint16_t* dst) {
     for (idx_t i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
 }
@@ -165,9 +167,9 @@ void k_encode_sq4(const float* blk, idx_t d, const float* mids, std::uint8_t* ou
     }
 }
 
-const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_scores_rows, k_pack_blocks_f32,
-                          k_f32_to_f16, false, 127, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row,
-                          k_encode_sq4};
+const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_scores_rows,
+                        k_pack_blocks_f32, k_max_abs_bits, k_f32_to_f16, false, 127, k_i8_scores, k_max_value,
+                        k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 
