@@ -32,11 +32,12 @@ struct FetchedRows {
     std::shared_ptr<const void> keep;
 };
 
-/// Where the original vectors come from: memory-resident segments covering ids [0, size())
-/// (arrays, memory maps), or a callback that fetches rows for ascending, distinct ids.
+/// Where the original vectors come from: a callback that fetches rows for ascending, distinct ids
+/// when `fetch` is set, otherwise memory-resident segments covering ids [0, size()) (arrays,
+/// memory maps; none for an empty source).
 struct RowSource {
     idx_t dim = 0;
-    std::vector<RowSegment> segments;  ///< ascending, contiguous from id 0; used when non-empty
+    std::vector<RowSegment> segments;  ///< ascending, contiguous from id 0
     /// Called with ascending distinct ids; may be called from several threads at once.
     std::function<FetchedRows(const idx_t* ids, idx_t n)> fetch;
 
@@ -50,8 +51,8 @@ struct RowSource {
 ///
 /// Scores are one fma chain over the dimensions in increasing order (float16 rows converted
 /// exactly first), so they equal the f32 index's and the exact search's scores for the same pair,
-/// at every SIMD level and thread count. Queries are processed in blocks whose candidate ids are
-/// visited in ascending order (locality in the source); memory is bounded by the block size,
+/// at every SIMD level and thread count. Queries are processed in blocks (a fetch callback is
+/// called once per block with its distinct ids, ascending); memory is bounded by the block size,
 /// whatever the number of queries. Raises Error for an id outside the source (naming it) and for
 /// a row whose score is not finite (NaN / inf in the source).
 void rerank(MatrixView<const float> queries, MatrixView<const idx_t> candidates, int k, const RowSource& source,
