@@ -136,3 +136,67 @@ def test_merge_refuses_other_training(data):
     assert a.ntotal == 600
     with pytest.raises(ValueError, match="different centroids"):
         a.merge(trained(data, seed=3).add(data[:10]))
+
+
+# ---------------------------------------------------------------------------------------------
+# probe() + search_probed(): the two stages of search(), used by indexes made of parts
+
+
+@pytest.mark.parametrize("codec", ["f32", "f16", "sq8", "sq4"])
+@pytest.mark.parametrize("mode", ["list_major", "per_query"])
+def test_probe_then_search_probed_equals_search(data, codec, mode):
+    ix = trained(data, codec).add(data)
+    q = data[::7] + 0.01
+    for nprobe in (1, 3, 6, 9):
+        s0, i0 = ix.search(q, 10, nprobe=nprobe, mode=mode)
+        ps, pl = ix.probe(q, nprobe)
+        assert pl.shape == (len(q), nprobe)
+        # probes are the exact nearest centroids, best first (ties to the lower list)
+        ref = q.astype(np.float64) @ ix.centroids.T.astype(np.float64)
+        top = np.argsort(-ref, axis=1, kind="stable")[:, :min(nprobe, 6)]
+        np.testing.assert_array_equal(pl[:, :min(nprobe, 6)], top)
+        if nprobe > 6:
+            assert (pl[:, 6:] == -1).all() and np.isneginf(ps[:, 6:]).all()
+        s1, i1 = ix.search_probed(q, 10, pl, mode=mode)
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_array_equal(s0, s1)
+
+
+def test_parts_sharing_probes_merge_to_the_whole(data):
+    """Three indexes with the same training hold disjoint slices; one probe() + per-part scans,
+    merged under (score, then lower id), give exactly the whole index's answer."""
+    whole = trained(data, "sq8").add(data)
+    parts = []
+    for lo, hi in ((0, 150), (150, 151), (151, 600)):
+        p = trained(data, "sq8")
+        p.add(data[lo:hi], ids=np.arange(lo, hi))
+        parts.append(p)
+    q = data[::5] * 0.9
+    k = 12
+    _, lists = whole.probe(q, 3)
+    res = [p.search_probed(q, k, lists) for p in parts]
+    s = np.concatenate([r[0] for r in res], axis=1)
+    i = np.concatenate([r[1] for r in res], axis=1)
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -s.astype(np.float64)), axis=1)[:, :k]
+    s0, i0 = whole.search(q, k, nprobe=3)
+    np.testing.assert_array_equal(np.take_along_axis(i, order, 1), i0)
+    np.testing.assert_array_equal(np.take_along_axis(s, order, 1), s0)
+
+
+def test_search_probed_rejects_bad_probes(data):
+    ix = trained(data).add(data)
+    q = data[:4]
+    with pytest.raises(ValueError, match="shape"):
+        ix.search_probed(q, 5, np.zeros((3, 2), np.int64))
+    with pytest.raises(ValueError, match="in \\[-1, 6\\)"):
+        ix.search_probed(q, 5, np.full((4, 2), 6))
+    with pytest.raises(ValueError, match="in \\[-1, 6\\)"):
+        ix.search_probed(q, 5, np.full((4, 2), -2))
+    with pytest.raises(ValueError, match="integers"):
+        ix.search_probed(q, 5, np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="more than once"):
+        ix.search_probed(q, 5, np.array([[1, 1]] * 4))
+    s, i = ix.search_probed(q, 5, np.full((4, 2), -1))  # nothing probed: all padding
+    assert (i == -1).all() and np.isneginf(s).all()
+    s, i = ix.search_probed(q, 5, np.array([[-1, 2, -1]] * 4))  # -1 repeats are fine
+    assert (i[:, 0] >= 0).all()

@@ -116,6 +116,41 @@ void bind_index(py::module_& m) {
              },
              py::arg("queries").noconvert(), py::arg("k"), py::arg("nprobe"), py::arg("n_threads") = 0,
              py::arg("mode") = "auto")
+        .def("probe",
+             [](const IvfIndex& ix, const F32& q, int nprobe, int n_threads) {
+                 auto v = as_view(q, "queries", ix.dim());
+                 MUDG_CHECK(nprobe >= 1, "nprobe must be >= 1, got %d", nprobe);
+                 auto s = new_array<float>({v.rows, static_cast<idx_t>(nprobe)});
+                 auto l = new_array<std::int64_t>({v.rows, static_cast<idx_t>(nprobe)});
+                 MatrixView<float> sv(s.mutable_data(), v.rows, nprobe);
+                 MatrixView<idx_t> lv(reinterpret_cast<idx_t*>(l.mutable_data()), v.rows, nprobe);
+                 {
+                     py::gil_scoped_release nogil;
+                     ix.probe(v, nprobe, sv, lv, n_threads);
+                 }
+                 return py::make_tuple(s, l);
+             },
+             py::arg("queries").noconvert(), py::arg("nprobe"), py::arg("n_threads") = 0)
+        .def("search_probed",
+             [](const IvfIndex& ix, const F32& q, int k, const I64& probes, int n_threads, const std::string& mode) {
+                 auto v = as_view(q, "queries", ix.dim());
+                 MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
+                 MUDG_CHECK(probes.ndim() == 2 && probes.shape(0) == v.rows,
+                            "probes must have shape (%lld, nprobe)", (long long)v.rows);
+                 MatrixView<const idx_t> pv(reinterpret_cast<const idx_t*>(probes.data()), v.rows, probes.shape(1));
+                 auto s = new_array<float>({v.rows, k});
+                 auto i = new_array<std::int64_t>({v.rows, k});
+                 MatrixView<float> sv(s.mutable_data(), v.rows, k);
+                 MatrixView<idx_t> iv(reinterpret_cast<idx_t*>(i.mutable_data()), v.rows, k);
+                 const SearchMode sm = parse_mode(mode);
+                 {
+                     py::gil_scoped_release nogil;
+                     ix.search_probed(v, k, pv, sv, iv, n_threads, sm);
+                 }
+                 return py::make_tuple(s, i);
+             },
+             py::arg("queries").noconvert(), py::arg("k"), py::arg("probes").noconvert(), py::arg("n_threads") = 0,
+             py::arg("mode") = "auto")
         .def("reconstruct",
              [](const IvfIndex& ix, const I64& ids) {
                  MUDG_CHECK(ids.ndim() == 1, "ids must be 1-D");

@@ -16,28 +16,68 @@ constexpr idx_t kRowGroup = 192;     // queries per tile-kernel call in list-maj
 constexpr idx_t kListMajorMin = 32;  // automatic mode: list-major from this many queries
 }  // namespace
 
+void IvfIndex::probe(MatrixView<const float> q, int nprobe, MatrixView<float> out_scores, MatrixView<idx_t> out_lists,
+                     int n_threads) const {
+    MUDG_CHECK(nprobe >= 1, "nprobe must be >= 1, got %d", nprobe);
+    MUDG_CHECK(q.cols == dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols, (long long)dim_);
+    MUDG_CHECK(has_centroids(), "search() on an untrained index: call train() first");
+    // Exact: the nprobe nearest centroids of every query (padded with (-inf, -1) past nlist).
+    exact_search(MatrixView<const float>(centroids_.data(), nlist_, dim_), q, nprobe, out_scores, out_lists,
+                 n_threads);
+}
+
 void IvfIndex::search(MatrixView<const float> q, int k, int nprobe, MatrixView<float> out_s,
                       MatrixView<idx_t> out_i, int n_threads, SearchMode mode) const {
     MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
     MUDG_CHECK(nprobe >= 1, "nprobe must be >= 1, got %d", nprobe);
     MUDG_CHECK(q.cols == dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols, (long long)dim_);
     MUDG_CHECK(has_centroids(), "search() on an untrained index: call train() first");
+    const idx_t nq = q.rows;
+    if (nq == 0 || ntotal_ == 0) {
+        search_probed(q, k, MatrixView<const idx_t>(nullptr, nq, 0), out_s, out_i, n_threads, mode);
+        return;
+    }
+    nprobe = static_cast<int>(std::min<idx_t>(nprobe, nlist_));
+    // 1. Coarse stage, then 2. the scan of the probed lists.
+    std::vector<float> cs(static_cast<std::size_t>(nq * nprobe));
+    std::vector<idx_t> probes(static_cast<std::size_t>(nq * nprobe));
+    probe(q, nprobe, MatrixView<float>(cs.data(), nq, nprobe), MatrixView<idx_t>(probes.data(), nq, nprobe),
+          n_threads);
+    search_probed(q, k, MatrixView<const idx_t>(probes.data(), nq, nprobe), out_s, out_i, n_threads, mode);
+}
+
+void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const idx_t> probe_lists,
+                             MatrixView<float> out_s, MatrixView<idx_t> out_i, int n_threads, SearchMode mode) const {
+    MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
+    MUDG_CHECK(q.cols == dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols, (long long)dim_);
+    MUDG_CHECK(probe_lists.rows == q.rows, "probes have %lld rows for %lld queries", (long long)probe_lists.rows,
+               (long long)q.rows);
     const idx_t nq = q.rows, d = dim_;
+    const int nprobe = static_cast<int>(probe_lists.cols);
+    std::vector<idx_t> row(static_cast<std::size_t>(nprobe));
+    for (idx_t i = 0; i < nq; ++i) {
+        for (idx_t j = 0; j < nprobe; ++j) {
+            const idx_t l = probe_lists.row(i)[j];
+            MUDG_CHECK(l >= -1 && l < nlist_, "probe %lld of query %lld is list %lld, outside [-1, %lld)",
+                       (long long)j, (long long)i, (long long)l, (long long)nlist_);
+            row[j] = l;
+        }
+        std::sort(row.begin(), row.end());  // a list probed twice would report its vectors twice
+        for (idx_t j = 1; j < nprobe; ++j)
+            MUDG_CHECK(row[j] < 0 || row[j] != row[j - 1], "query %lld probes list %lld more than once", (long long)i,
+                       (long long)row[j]);
+    }
     for (idx_t i = 0; i < nq; ++i)
         for (int j = 0; j < k; ++j) {
             out_s.row(i)[j] = kNegInf;
             out_i.row(i)[j] = -1;
         }
-    if (nq == 0 || ntotal_ == 0) return;
-    nprobe = static_cast<int>(std::min<idx_t>(nprobe, nlist_));
+    if (nq == 0 || ntotal_ == 0 || nprobe == 0) return;
     const Kernels& K = kernels();
     const int mr = K.mr;
-
-    // 1. Coarse quantiser: the nprobe nearest centroids of every query (exact).
-    std::vector<float> cs(static_cast<std::size_t>(nq * nprobe));
+    // A contiguous copy: the scans below index probes[qi * nprobe + p].
     std::vector<idx_t> probes(static_cast<std::size_t>(nq * nprobe));
-    exact_search(MatrixView<const float>(centroids_.data(), nlist_, d), q, nprobe,
-                 MatrixView<float>(cs.data(), nq, nprobe), MatrixView<idx_t>(probes.data(), nq, nprobe), n_threads);
+    for (idx_t i = 0; i < nq; ++i) std::copy(probe_lists.row(i), probe_lists.row(i) + nprobe, probes.data() + i * nprobe);
 
     // SQ8 scores are <q * step, code> + <q, vmin>: the kernels see pre-scaled queries, the
     // per-query constant is added at the end (it does not change the ranking).

@@ -401,6 +401,41 @@ class IVFIndex:
             return parts[0]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def probe(self, queries, nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """The coarse stage of ``search``: the ``nprobe`` lists nearest to each query.
+
+        Returns (scores float32 (nq, nprobe), lists int64 (nq, nprobe)), best first, padded with
+        (-inf, -1) past nlist. ``search_probed(queries, k, lists)`` then gives exactly what
+        ``search(queries, k, nprobe=nprobe)`` gives."""
+        nprobe = check_k(nprobe, "nprobe")
+        if not self._ix.has_centroids:
+            raise RuntimeError("probe() on an untrained index: call train() first")
+        q = as_matrix(queries, name="queries", dim=self.dim, allow_1d=True, allow_empty=True)
+        return self._ix.probe(q, nprobe, resolve_threads(self.num_threads))
+
+    def search_probed(self, queries, k: int, probes, *, mode: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """The scan stage of ``search`` over given lists (faiss's search_preassigned).
+
+        ``probes``: int (nq, nprobe) list numbers per query, -1 for none; a list may appear once
+        per query. Indexes that share centroids (the parts of one index) can share one
+        ``probe`` and merge their results under the order (score, then lower id)."""
+        k = check_k(k)
+        if not self._ix.has_centroids:
+            raise RuntimeError("search_probed() on an untrained index: call train() first")
+        q = as_matrix(queries, name="queries", dim=self.dim, allow_1d=True, allow_empty=True)
+        p = np.asarray(probes)
+        if p.ndim == 1 and q.shape[0] == 1:
+            p = p.reshape(1, -1)
+        if p.ndim != 2 or p.shape[0] != q.shape[0]:
+            raise ValueError(f"probes must have shape ({q.shape[0]}, nprobe), got {p.shape}")
+        if p.dtype.kind not in "iu" or p.dtype == np.bool_:
+            raise ValueError(f"probes must be integers (list numbers), got dtype {p.dtype}")
+        if p.size and (int(p.min()) < -1 or int(p.max()) >= self.nlist):
+            raise ValueError(f"probes must be list numbers in [-1, {self.nlist}), got values in "
+                             f"[{int(p.min())}, {int(p.max())}]")
+        p = np.ascontiguousarray(p, dtype=np.int64)
+        return self._ix.search_probed(q, k, p, resolve_threads(self.num_threads), mode)
+
     def reconstruct(self, ids) -> np.ndarray:
         """Decoded vectors (n, dim) float32 for the given ids (KeyError-like ValueError if absent)."""
         a = np.asarray(ids)

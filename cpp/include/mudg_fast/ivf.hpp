@@ -105,6 +105,17 @@ public:
     void search(MatrixView<const float> q, int k, int nprobe, MatrixView<float> out_scores,
                 MatrixView<idx_t> out_ids, int n_threads = 0, SearchMode mode = SearchMode::automatic) const;
 
+    /// The coarse stage of search(): the nprobe lists nearest to each query, best first.
+    /// out_scores / out_lists are [q.rows x nprobe], padded with (-inf, -1) past nlist.
+    void probe(MatrixView<const float> q, int nprobe, MatrixView<float> out_scores, MatrixView<idx_t> out_lists,
+               int n_threads = 0) const;
+
+    /// The scan stage of search() over given lists: probes [q.rows x nprobe] holds list numbers
+    /// (-1 entries are skipped). search() == probe() + search_probed(); indexes sharing
+    /// centroids (parts of one index) can share one probe() and merge their results.
+    void search_probed(MatrixView<const float> q, int k, MatrixView<const idx_t> probes, MatrixView<float> out_scores,
+                       MatrixView<idx_t> out_ids, int n_threads = 0, SearchMode mode = SearchMode::automatic) const;
+
     /// Decoded vectors for ids (out [n x dim]); throws Error for an id not in the index.
     void reconstruct(const idx_t* ids, idx_t n, float* out) const;
     std::vector<idx_t> list_sizes() const;

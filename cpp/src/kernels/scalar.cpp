@@ -170,7 +170,7 @@ void k_dot_rows_f16(const float* q, const std::uint16_t* const* rows, idx_t n, i
 }
 
 const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4,
+                          false, 127, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4,
                           k_dot_rows_f32, k_dot_rows_f16};
 
 }  // namespace
