@@ -177,7 +177,7 @@ def test_check_classnames_strips():
 
 
 def test_retrieval_reranks_a_4bit_index_from_its_recorded_source(world, tmp_path):
-    """sq4 + build_index: re-ranked by default (4 k from the img_emb folder in the metadata),
+    """sq4 + build_index: re-ranked by default (max(4 k, 100) from the img_emb folder in the metadata),
     exactly as a composition of IVFIndex.search(rerank=, source=) and the vote; rerank=0 turns it
     off; an explicit rerank without a known source is refused; a moved folder turns the default off."""
     from mudg_fast import augment
@@ -197,8 +197,8 @@ def test_retrieval_reranks_a_4bit_index_from_its_recorded_source(world, tmp_path
 
     logs = []
     auto = retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, seed=1, log=logs.append)
-    assert auto.summary["rerank"] == 4 * K and any("re-ranked a shortlist of 80" in s for s in logs)
-    assert auto.ids.tolist() == composed(rerank=4 * K, source=x)
+    assert auto.summary["rerank"] == 100 and any("re-ranked a shortlist of 100" in s for s in logs)
+    assert auto.ids.tolist() == composed(rerank=100, source=x)
     off = retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, seed=1, rerank=0)
     assert off.summary["rerank"] == 0 and off.ids.tolist() == composed()
     assert off.ids.tolist() != auto.ids.tolist()

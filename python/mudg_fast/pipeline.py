@@ -162,7 +162,8 @@ def retrieve_candidates(index: IVFIndex, encoder, classnames, *, template: str =
         prompt only. k : neighbours per query [64], at most the index size. nprobe : lists probed [8].
     rerank : shortlist length re-scored exactly from the original vectors (see
         :func:`mudg_fast.rerank`). None [default]: automatic, ``mudg_fast.reranking.default_rerank``
-        (4 k for sq4 indexes, off otherwise) when the vectors are known; 0: off.
+        (max(4 k, 100) for sq4 indexes, max(2 k, 20) for sq8, off for f32 / f16) when the vectors
+        are known; 0: off.
     rerank_source : the original vectors: an img_emb folder of .npy shards, a .npy file, an array
         or memory map, or a callable ids -> rows; None: the folder ``build_index`` recorded in the
         index metadata (``source="auto"``).

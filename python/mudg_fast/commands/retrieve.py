@@ -23,9 +23,9 @@ def add_retrieval_args(p):
     p.add_argument("--k", type=int, default=64, help="neighbours per query (default: %(default)s)")
     p.add_argument("--nprobe", type=int, default=8, help="inverted lists probed per query (default: %(default)s)")
     p.add_argument("--rerank", type=int, default=None,
-                   help="shortlist per query re-scored exactly from the original vectors; 0: off (default: 4 x k for "
-                        "sq4 indexes whose vectors are known, i.e. --rerank_source or the img_emb folder build-index "
-                        "recorded; off otherwise)")
+                   help="shortlist per query re-scored exactly from the original vectors; 0: off (default when the "
+                        "vectors are known, i.e. --rerank_source or the img_emb folder build-index recorded: "
+                        "max(4 k, 100) for sq4 indexes, max(2 k, 20) for sq8, off for f32/f16)")
     p.add_argument("--rerank_source", default=None,
                    help="original image embeddings for --rerank: a clip-retrieval folder (img_emb/), a folder of .npy "
                         "shards or a .npy file (default: the folder recorded in the index)")
