@@ -1,5 +1,5 @@
 // Re-ranking kernels shared by the vector ISAs: one query against rows given by pointers (the
-// candidates of a shortlist, wherever they live). Included by avx2.cpp and avx512.cpp inside their
+// candidates of a shortlist, wherever they live). Included by avx2.cpp, avx512.cpp and neon.cpp inside their
 // anonymous namespaces, after tile_impl.hpp (see there for why).
 //
 // Vectorised across rows, never across the dimension: a group of W rows is transposed in
