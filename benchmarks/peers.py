@@ -119,6 +119,31 @@ def task_faiss_ivf(p):
     return out
 
 
+def task_faiss_sq4(p):
+    """faiss IVF QT_4bit with the given centroids, by_residual on and off, its codec trained as
+    faiss trains it (IndexIVF.train on a sample: the quantizer is kept, the encoder is fitted to
+    the residuals or to the vectors); search times and recall@10 per nprobe."""
+    faiss = _faiss()
+    xb, xq, cent, gt = (_load(p[k]) for k in ("xb", "xq", "centroids", "gt"))
+    d, nlist = xb.shape[1], cent.shape[0]
+    sample = xb[np.sort(np.random.default_rng(0).choice(len(xb), min(len(xb), 65536), replace=False))]
+    out = {}
+    for by_residual in (True, False):
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(cent)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_4bit,
+                                              faiss.METRIC_INNER_PRODUCT, by_residual)
+        index.train(sample)  # the quantizer already holds nlist centroids: only the encoder trains
+        index.add(xb)
+        for nprobe in p["nprobes"]:
+            index.nprobe = nprobe
+            t, (_, ids) = _times(lambda: index.search(xq, 10), p["rounds"], warmup=1)
+            rec = float(np.mean([len(set(a[a >= 0]) & set(b[:10])) / 10 for a, b in zip(ids, gt)]))
+            out[f"{'residual' if by_residual else 'direct'}/{nprobe}"] = {"times": t, "recall": rec}
+        del index
+    return out
+
+
 def _recall_at(I, gt, k=10):
     I = np.asarray(I)[:, :k]
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(I, gt[:, :k])]))

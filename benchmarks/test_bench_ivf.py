@@ -1,7 +1,8 @@
 """IVF index against faiss-cpu on nb = 1 000 000 x 512, nlist 1024, seeded clustered data, same
 centroids for both libraries: add, search (nq = 1 000; nprobe 1 / 8 / 32; f32 / f16 / sq8 / sq4,
 recall@10 beside QPS), and the MUDG-shaped batch (16 000 queries = 1 000 labels x 16
-augmentations, k = 64, nprobe 8)."""
+augmentations, k = 64, nprobe 8). The sq4 codec against faiss QT_4bit on three datasets is in
+test_bench_sq4.py."""
 
 import numpy as np
 import pytest

@@ -135,14 +135,57 @@ def regions(data: bytes) -> list[Region]:
     return out
 
 
-KNOWN_RECORDS = {b"META": False}  # tag -> whether the format allows it to be marked required
+#: known record tags -> whether the format requires the record to be marked required (META is
+#: optional metadata; SQ4R, the sq4 residual form, changes how codes decode and must be required)
+KNOWN_RECORDS = {b"META": False, b"SQ4R": True}
+
+
+def records(data: bytes) -> list[tuple[bytes, int, bytes]]:
+    """(tag, flags, payload) of every record of a well-formed extension section."""
+    h = header(data)
+    pos = (h["params_offset"] + 4 * h["params_count"] + 7) // 8 * 8
+    end = pos + h["ext_bytes"]
+    out = []
+    while pos < end:
+        flags, length = struct.unpack_from("<IQ", data, pos + 4)
+        out.append((data[pos:pos + 4], flags, data[pos + 16:pos + 16 + length]))
+        pos += 16 + (length + 7) // 8 * 8
+    return out
+
+
+def sq4_state_valid(data: bytes, limit: float) -> bool:
+    """Whether the sq4 levels (codec parameters) and the SQ4R record's list scales, if any, form
+    a codec a reader must accept: levels finite and sorted per dimension; direct form |level| <=
+    limit; residual form (record: u32 form 1, u32 0, nlist float32 scales) |level| <= 2 * limit,
+    scales finite in [2^-32, 2^32] with scale * max |level| <= 2 * limit, and only with codec sq4.
+    ``limit`` is the magnitude limit for the file's dim."""
+    import numpy as np  # noqa: PLC0415 - only the sweeps need it
+
+    h = header(data)
+    rec = [r for r in records(data) if r[0] == b"SQ4R"]
+    if h["codec"] != 3:
+        return not rec
+    p = np.frombuffer(data, np.float32, h["params_count"], h["params_offset"]).astype(np.float64)
+    if not np.isfinite(p).all() or not (np.diff(p.reshape(h["dim"], 16), axis=1) >= 0).all():
+        return False
+    if not rec:
+        return bool((np.abs(p) <= limit).all())
+    payload = rec[0][2]
+    nlist = h["nlist"]
+    if len(payload) != 8 + 4 * nlist or struct.unpack_from("<II", payload) != (1, 0):
+        return False
+    s = np.frombuffer(payload, np.float32, nlist, 8).astype(np.float64)
+    top = np.abs(p).max()
+    return bool(np.isfinite(s).all() and (np.abs(p) <= 2 * limit).all() and (s >= 2.0 ** -32).all()
+                and (s <= 2.0 ** 32).all() and (s * top <= 2 * limit).all())
 
 
 def extensions_valid(data: bytes) -> bool:
     """Whether a file's extension section (format version 2) is one a reader must accept: records
     back to back, 16-byte record headers (tag, flags in {0, 1}, length), zero padding to 8 bytes,
-    tags strictly increasing, no unknown required record, META never required. Written from the
-    format description, independently of the native reader."""
+    tags strictly increasing, no unknown required record, each known record marked as the format
+    says (META optional, SQ4R required). Written from the format description, independently of
+    the native reader (the SQ4R payload is judged by ``sq4_state_valid``)."""
     h = header(data)
     start = (h["params_offset"] + 4 * h["params_count"] + 7) // 8 * 8
     pos, end = start, start + h["ext_bytes"]
@@ -160,8 +203,11 @@ def extensions_valid(data: bytes) -> bool:
             return False
         if any(data[pos + 16 + length:pos + 16 + padded]):
             return False
-        if flags == 1 and not KNOWN_RECORDS.get(tag, False):
-            return False  # unknown required record, or a known one that may not be required
+        if tag in KNOWN_RECORDS:
+            if bool(flags) != KNOWN_RECORDS[tag]:
+                return False  # a known record marked against the format
+        elif flags == 1:
+            return False  # an unknown required record
         prev, pos = key, pos + 16 + padded
     return True
 

@@ -1,5 +1,6 @@
 """Regenerates tests/data/ivf_v2_*.bin and their expectations (run only when the format changes
-on purpose: the committed files pin format version 2). The version 1 files (ivf_v1_*.bin, written
+on purpose: the committed files pin format version 2; ivf_v2_sq4.bin was written before the sq4
+residual form existed, ivf_v2_sq4r.bin holds it). The version 1 files (ivf_v1_*.bin, written
 by mudg_fast before extension records existed) are kept as they are: old files must still load."""
 
 import json
@@ -25,13 +26,21 @@ def golden_inputs():
 GOLDEN_METADATA = {"golden": "format v2", "note": "caf\u00e9"}
 
 
+#: golden file names: the codecs, and "sq4r" for sq4 in the residual form (an SQ4R record)
+GOLDEN = ("f32", "sq8", "sq4", "sq4r")
+
+
 def build(codec, metadata=True):
     x, q, centroids, ids = golden_inputs()
-    ix = mudg_fast.IVFIndex(8, 4, codec=codec).set_centroids(centroids)
+    ix = mudg_fast.IVFIndex(8, 4, codec=codec[:3]).set_centroids(centroids)
     if metadata:
         ix.set_metadata(GOLDEN_METADATA)
     if codec == "sq8":
         ix.set_codec_params(np.full(8, -1.0, np.float32), np.full(8, 2.0 / 255, np.float32))
+    if codec.startswith("sq4"):
+        levels = np.tile((np.arange(16, dtype=np.float32) - 7.5) / 8, 8)  # on the data's grid's midpoints
+        scales = np.array([0.5, 1.0, 2.0, 0.25], np.float32) if codec == "sq4r" else np.zeros(0, np.float32)
+        ix.set_codec_params(levels, scales)
     ix.add(x, ids)
     return ix
 
@@ -39,7 +48,7 @@ def build(codec, metadata=True):
 def main():
     x, q, centroids, ids = golden_inputs()
     expect = {}
-    for codec in ("f32", "sq8"):
+    for codec in GOLDEN:
         ix = build(codec)
         path = HERE / f"ivf_v2_{codec}.bin"
         ix.save(path)

@@ -277,8 +277,8 @@ def params_valid(h: dict, content: bytes) -> bool:
         vmin, step = p[:d].astype(np.float64), p[d:].astype(np.float64)
         return bool((step > 0).all() and (np.abs(vmin) <= limit).all()
                     and (np.abs(vmin + 255 * step) <= limit).all())
-    if codec == 3:  # sq4: 16 sorted levels per dimension
-        return bool((np.diff(p.reshape(d, 16), axis=1) >= 0).all() and (np.abs(p) <= limit).all())
+    if codec == 3:  # sq4: 16 sorted levels per dimension (and the residual form's list scales)
+        return ch.sq4_state_valid(content, limit)
     return True
 
 
@@ -299,7 +299,8 @@ def forged_expect(victim: Victim, region, off: int, content: bytes):
     if k == "params":
         return both("load" if params_valid(h, content) else "raise")
     if k == "extensions":
-        return both("load" if ch.extensions_valid(content) else "raise")
+        valid = ch.extensions_valid(content) and ch.sq4_state_valid(content, magnitude_limit(h["dim"]))
+        return both("load" if valid else "raise")
     if region.name == "meta_padding":
         return both("load")  # dead bytes, covered only by the (here forged) meta checksum
     if k in ("directory", "footer"):

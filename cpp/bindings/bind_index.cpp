@@ -62,12 +62,13 @@ void bind_index(py::module_& m) {
                  return to_numpy(ix.centroids(), ix.nlist(), ix.dim());
              })
         .def("train_codec",
-             [](IvfIndex& ix, const F32& x) {
+             [](IvfIndex& ix, const F32& x, bool sq4_residual, int n_threads) {
                  auto v = as_view(x, "x", ix.dim());
                  py::gil_scoped_release nogil;
-                 ix.train_codec(v);
+                 ix.train_codec(v, sq4_residual, n_threads);
              },
-             py::arg("x").noconvert())
+             py::arg("x").noconvert(), py::arg("sq4_residual") = true, py::arg("n_threads") = 0)
+        .def_property_readonly("sq4_residual", &IvfIndex::sq4_residual)
         .def("codec_params",
              [](const IvfIndex& ix) {
                  return py::make_tuple(to_numpy(ix.codec_a(), static_cast<idx_t>(ix.codec_a().size()), 0),

@@ -148,9 +148,10 @@ void IvfIndex::make_owned(List& list) const {
     list.ext_ids = nullptr;
 }
 
-void IvfIndex::append(List& list, MatrixView<const float> x, const idx_t* rows, idx_t m, const idx_t* new_ids,
-                      float* scratch) const {
+void IvfIndex::append(idx_t l, MatrixView<const float> x, const idx_t* rows, idx_t m, const idx_t* new_ids,
+                      float* scratch) {
     if (m == 0) return;
+    List& list = lists_[l];
     make_owned(list);
     const idx_t d = dim_;
     const idx_t bbytes = block_bytes(codec_, d);
@@ -158,17 +159,26 @@ void IvfIndex::append(List& list, MatrixView<const float> x, const idx_t* rows, 
     list.codes.resize(static_cast<std::size_t>(n_blocks(pos + m) * bbytes));
     idx_t i = 0;
     auto block_at = [&](idx_t p) { return list.codes.data() + (p / kBlock) * bbytes; };
+    // What the codes encode: the rows themselves, or their scaled residuals (SQ4 residual form),
+    // prepared in `res` (kBlock rows of d) after the block transposed in `scratch`.
+    const bool residual = sq4_residual();
+    float* res = scratch + kBlock * d;
     for (; i < m && pos % kBlock != 0; ++i, ++pos)  // fill the open block slot by slot
-        encode_slot(x.row(rows[i]), block_at(pos), static_cast<int>(pos % kBlock));
+        encode_slot(code_input(l, x.row(rows[i]), res), block_at(pos), static_cast<int>(pos % kBlock));
     for (; m - i >= kBlock; i += kBlock, pos += kBlock) {  // whole blocks: transpose, then encode
         if (codec_ == Codec::f32) {  // f32 blocks are the transposed rows themselves
             kernels().pack_blocks_f32(x.data, x.stride, rows + i, kBlock, d, reinterpret_cast<float*>(block_at(pos)));
             continue;
         }
-        kernels().pack_blocks_f32(x.data, x.stride, rows + i, kBlock, d, scratch);
+        if (residual) {
+            for (int j = 0; j < kBlock; ++j) code_input(l, x.row(rows[i + j]), res + j * d);
+            kernels().pack_blocks_f32(res, d, nullptr, kBlock, d, scratch);
+        } else {
+            kernels().pack_blocks_f32(x.data, x.stride, rows + i, kBlock, d, scratch);
+        }
         encode_block(scratch, block_at(pos));
     }
-    for (; i < m; ++i, ++pos) encode_slot(x.row(rows[i]), block_at(pos), static_cast<int>(pos % kBlock));
+    for (; i < m; ++i, ++pos) encode_slot(code_input(l, x.row(rows[i]), res), block_at(pos), static_cast<int>(pos % kBlock));
     list.ids.insert(list.ids.end(), new_ids, new_ids + m);
     list.size = pos;
 }
@@ -205,18 +215,16 @@ void IvfIndex::add(MatrixView<const float> x, const idx_t* ids, int n_threads, c
 
 void IvfIndex::add_chunks(MatrixView<const float> x, const idx_t* ids, int n_threads, const ProgressFn& progress) {
     const idx_t n = x.rows;
-    const MatrixView<const float> cent(centroids_.data(), nlist_, dim_);
     const int nt = resolve_threads(n_threads);
     std::vector<Scratch> scratch(nt);
     std::vector<idx_t> assign(std::min(n, kAddChunk)), order(std::min(n, kAddChunk)), gen_ids;
-    std::vector<float> score(std::min(n, kAddChunk));
     std::vector<idx_t> offsets(nlist_ + 1);
     using clock = std::chrono::steady_clock;
     auto last_report = clock::now();
     for (idx_t c0 = 0; c0 < n; c0 += kAddChunk) {
         const idx_t m = std::min(kAddChunk, n - c0);
         const MatrixView<const float> xc(x.row(c0), m, dim_, x.stride);
-        nearest(cent, xc, score.data(), assign.data(), n_threads);
+        assign_lists(xc, assign.data(), n_threads);
         // Counting sort by list, stable: each list receives its rows in input order.
         std::fill(offsets.begin(), offsets.end(), 0);
         for (idx_t i = 0; i < m; ++i) ++offsets[assign[i] + 1];
@@ -234,14 +242,14 @@ void IvfIndex::add_chunks(MatrixView<const float> x, const idx_t* ids, int n_thr
             chunk_ids = gen_ids.data();
         }
         parallel_for(nlist_, 4, n_threads, [&](idx_t l0, idx_t l1, int tid) {
-            float* buf = scratch[tid].get(kBlock * dim_);
+            float* buf = scratch[tid].get(2 * kBlock * dim_);
             std::vector<idx_t> lid;
             for (idx_t l = l0; l < l1; ++l) {
                 const idx_t cnt = offsets[l + 1] - offsets[l];
                 if (!cnt) continue;
                 lid.resize(cnt);
                 for (idx_t j = 0; j < cnt; ++j) lid[j] = chunk_ids[order[offsets[l] + j]];
-                append(lists_[l], xc, order.data() + offsets[l], cnt, lid.data(), buf);
+                append(l, xc, order.data() + offsets[l], cnt, lid.data(), buf);
             }
         });
         ntotal_ += m;
@@ -280,7 +288,7 @@ void IvfIndex::reconstruct(const idx_t* ids, idx_t n, float* out) const {
                                    [](const auto& e, idx_t v) { return e.first < v; });
         MUDG_CHECK(it != id_map_.end() && it->first == ids[i], "id %lld is not in the index", (long long)ids[i]);
         const idx_t l = it->second >> 32, p = it->second & 0xFFFFFFFF;
-        decode(lists_[l], p, out + i * dim_);
+        decode(l, p, out + i * dim_);
     }
 }
 
@@ -313,7 +321,6 @@ void IvfIndex::merge_from(const IvfIndex& o) {
     MUDG_CHECK(o.fingerprint() == fingerprint(),
                "indexes were trained differently (their extension state differs) and cannot be merged");
     const idx_t bbytes = block_bytes(codec_, dim_);
-    std::vector<float> tmp(static_cast<std::size_t>(dim_));
     for (idx_t l = 0; l < nlist_; ++l) {
         const List& src = o.lists_[l];
         if (!src.size) continue;
@@ -324,15 +331,16 @@ void IvfIndex::merge_from(const IvfIndex& o) {
             const std::size_t nbytes = static_cast<std::size_t>(n_blocks(src.size) * bbytes);
             dst.codes.resize(off + nbytes);
             std::memcpy(dst.codes.data() + off, src.code_ptr(), nbytes);
-            dst.ids.insert(dst.ids.end(), src.id_ptr(), src.id_ptr() + src.size);
-            dst.size += src.size;
-        } else {  // re-encoding a decoded code gives the same code for every codec
+        } else {  // slot by slot: the same codes (same centroids and codec), shifted
+            dst.codes.resize(static_cast<std::size_t>(n_blocks(dst.size + src.size) * bbytes));
             for (idx_t p = 0; p < src.size; ++p) {
-                o.decode(src, p, tmp.data());
-                const idx_t row = 0, id = src.id_ptr()[p];
-                append(dst, MatrixView<const float>(tmp.data(), 1, dim_), &row, 1, &id, nullptr);
+                const idx_t to = dst.size + p;
+                copy_slot(src.code_ptr() + (p / kBlock) * bbytes, static_cast<int>(p % kBlock),
+                          dst.codes.data() + (to / kBlock) * bbytes, static_cast<int>(to % kBlock));
             }
         }
+        dst.ids.insert(dst.ids.end(), src.id_ptr(), src.id_ptr() + src.size);
+        dst.size += src.size;
     }
     ntotal_ += o.ntotal_;
     id_map_valid_ = false;

@@ -7,10 +7,16 @@
 
 #include "ivf_internal.hpp"
 #include "mudg_fast/parallel.hpp"
+#include "mudg_fast/topk.hpp"
 
 namespace mudg_fast {
 
 namespace {
+constexpr float kMinListScale = 0x1p-32f, kMaxListScale = 0x1p32f;
+/// Residual form: a list's scale is estimated from its sample rows as if it also held this many
+/// rows at the sample's mean squared residual norm (lists with few rows stay near 1).
+constexpr double kScalePriorRows = 16;
+
 std::uint8_t sq8_code(float v, float vmin, float inv_step) {
     float t = (v - vmin) * inv_step + 0.5f;
     // NaN (0 * inf when 1 / step overflows) goes to 0: converting NaN to an integer is undefined.
@@ -47,18 +53,33 @@ void IvfIndex::set_codec_params(std::vector<float> a, std::vector<float> b) {
     } else if (codec_ == Codec::sq4) {
         MUDG_CHECK(static_cast<idx_t>(a.size()) == d * 16, "SQ4 parameters must hold %lld levels",
                    (long long)(d * 16));
+        MUDG_CHECK(b.empty() || static_cast<idx_t>(b.size()) == nlist_,
+                   "SQ4 list scales must be empty (direct form) or hold one value per list (%lld), got %llu",
+                   (long long)nlist_, (unsigned long long)b.size());
+        // Decoded values (levels, or centroid + scale * level) stay within the magnitude every
+        // float32 input is held to (twice that for residuals, which span two inputs), so that no
+        // score computed from them can overflow.
+        const double limit = b.empty() ? magnitude_limit(d) : 2 * magnitude_limit(d);
+        double max_level = 0;
         for (idx_t k = 0; k < d; ++k)
             for (int j = 0; j < 16; ++j) {
-                MUDG_CHECK(std::isfinite(a[k * 16 + j]) && std::fabs(a[k * 16 + j]) <= magnitude_limit(d),
-                           "invalid SQ4 level %g for dimension %lld (need finite, within +-%g)",
-                           (double)a[k * 16 + j], (long long)k, magnitude_limit(d));
-                MUDG_CHECK(j == 0 || a[k * 16 + j] >= a[k * 16 + j - 1], "SQ4 levels must be sorted");
+                const float v = a[k * 16 + j];
+                MUDG_CHECK(std::isfinite(v) && std::fabs(v) <= limit,
+                           "invalid SQ4 level %g for dimension %lld (need finite, within +-%g)", (double)v,
+                           (long long)k, limit);
+                MUDG_CHECK(j == 0 || v >= a[k * 16 + j - 1], "SQ4 levels must be sorted");
+                max_level = std::max(max_level, std::fabs(static_cast<double>(v)));
             }
+        for (idx_t l = 0; l < static_cast<idx_t>(b.size()); ++l)
+            MUDG_CHECK(std::isfinite(b[l]) && b[l] >= kMinListScale && b[l] <= kMaxListScale &&
+                           b[l] * max_level <= limit,
+                       "invalid SQ4 list scale %g for list %lld (need finite, in [2^-32, 2^32], scale * largest "
+                       "|level| within +-%g)",
+                       (double)b[l], (long long)l, limit);
         sq4_mid_.assign(static_cast<std::size_t>(d * 15), 0.0f);
         for (idx_t k = 0; k < d; ++k)
             for (int j = 0; j < 15; ++j)
                 sq4_mid_[k * 15 + j] = 0.5f * (a[k * 16 + j] + a[k * 16 + j + 1]);
-        b.clear();
     } else {
         MUDG_CHECK(a.empty() && b.empty(), "codec '%s' has no parameters", codec_ == Codec::f32 ? "f32" : "f16");
     }
@@ -66,13 +87,17 @@ void IvfIndex::set_codec_params(std::vector<float> a, std::vector<float> b) {
     sq_b_ = std::move(b);
 }
 
-void IvfIndex::train_codec(MatrixView<const float> sample) {
+void IvfIndex::train_codec(MatrixView<const float> sample, bool sq4_residual, int n_threads) {
     MUDG_CHECK(ntotal_ == 0, "the codec can only be trained on an empty index");
     if (codec_ == Codec::f32 || codec_ == Codec::f16) return;
     MUDG_CHECK(sample.cols == dim_, "training sample has %lld dimensions, the index %lld", (long long)sample.cols,
                (long long)dim_);
     MUDG_CHECK(sample.rows >= 2, "need at least 2 training vectors for the scalar quantiser, got %lld",
                (long long)sample.rows);
+    const bool residual = codec_ == Codec::sq4 && sq4_residual;
+    MUDG_CHECK(!residual || has_centroids(),
+               "the sq4 codec encodes residuals to the list centroids: set the centroids (train, train_paired or "
+               "set_centroids) before training it");
     const idx_t n = sample.rows, d = dim_;
     std::vector<float> a, b;
     if (codec_ == Codec::sq8) {
@@ -81,11 +106,46 @@ void IvfIndex::train_codec(MatrixView<const float> sample) {
     } else {
         a.resize(d * 16);
     }
-    parallel_for(d, 8, 0, [&](idx_t k0, idx_t k1, int) {
-        std::vector<float> col(n);
+    // Residual form: each sample row's list (as add() assigns it), then the list scales: the RMS
+    // residual norm of the list's rows relative to the whole sample's, shrunk towards 1.
+    std::vector<idx_t> label;
+    if (residual) {
+        label.resize(n);
+        assign_lists(sample, label.data(), n_threads);
+        std::vector<double> norm2(n);
+        parallel_for(n, 256, n_threads, [&](idx_t i0, idx_t i1, int) {
+            for (idx_t i = i0; i < i1; ++i) {
+                const float* x = sample.row(i);
+                const float* c = centroids_.data() + label[i] * d;
+                double s = 0;
+                for (idx_t k = 0; k < d; ++k) {
+                    const double e = static_cast<double>(x[k]) - c[k];
+                    s += e * e;
+                }
+                norm2[i] = s;
+            }
+        });
+        std::vector<double> sum(nlist_, 0.0), count(nlist_, 0.0);
+        double total = 0;
+        for (idx_t i = 0; i < n; ++i) {  // in row order: the same sums at any thread count
+            sum[label[i]] += norm2[i];
+            count[label[i]] += 1;
+            total += norm2[i];
+        }
+        const double g = total / static_cast<double>(n);
+        b.assign(nlist_, 1.0f);
+        if (g > 0 && std::isfinite(g))
+            for (idx_t l = 0; l < nlist_; ++l) {
+                const double s = std::sqrt((sum[l] + kScalePriorRows * g) / ((count[l] + kScalePriorRows) * g));
+                b[l] = static_cast<float>(std::min<double>(std::max<double>(s, kMinListScale), kMaxListScale));
+            }
+    }
+    parallel_for(d, 8, n_threads, [&](idx_t k0, idx_t k1, int) {
+        std::vector<float> col(n), tmp(residual ? d : 0);
         std::vector<double> prefix(n + 1);
         for (idx_t k = k0; k < k1; ++k) {
-            for (idx_t i = 0; i < n; ++i) col[i] = sample.row(i)[k];
+            for (idx_t i = 0; i < n; ++i)  // exactly what encode sees (see code_input)
+                col[i] = residual ? (sample.row(i)[k] - centroids_[label[i] * d + k]) / b[label[i]] : sample.row(i)[k];
             std::sort(col.begin(), col.end());
             auto quantile = [&](double q) {
                 const double pos = q * static_cast<double>(n - 1);
@@ -127,7 +187,32 @@ void IvfIndex::train_codec(MatrixView<const float> sample) {
             for (int j = 0; j < 16; ++j) a[k * 16 + j] = static_cast<float>(lv[j]);
         }
     });
+    if (residual) {
+        // Residuals of inputs near the magnitude limit could decode beyond it (see
+        // set_codec_params): clip the levels and scales in that extreme case.
+        const double limit = 2 * magnitude_limit(d);
+        double max_level = 0;
+        for (float& v : a) {
+            v = static_cast<float>(std::min<double>(std::max<double>(v, -limit), limit));
+            max_level = std::max(max_level, std::fabs(static_cast<double>(v)));
+        }
+        for (float& s : b)
+            if (s * max_level > limit) s = std::max(kMinListScale, static_cast<float>(limit / max_level * 0.999));
+    }
     set_codec_params(std::move(a), std::move(b));
+}
+
+void IvfIndex::assign_lists(MatrixView<const float> x, idx_t* lists, int n_threads) const {
+    std::vector<float> score(static_cast<std::size_t>(x.rows));
+    nearest(MatrixView<const float>(centroids_.data(), nlist_, dim_), x, score.data(), lists, n_threads);
+}
+
+const float* IvfIndex::code_input(idx_t l, const float* x, float* out) const {
+    if (!sq4_residual()) return x;
+    const float* c = centroids_.data() + l * dim_;
+    const float s = sq_b_[l];
+    for (idx_t k = 0; k < dim_; ++k) out[k] = (x[k] - c[k]) / s;
+    return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,7 +266,30 @@ void IvfIndex::encode_slot(const float* v, std::uint8_t* blk, int slot) const {
     }
 }
 
-void IvfIndex::decode(const List& list, idx_t pos, float* out) const {
+void IvfIndex::copy_slot(const std::uint8_t* src, int from, std::uint8_t* dst, int to) const {
+    const idx_t d = dim_;
+    switch (codec_) {
+        case Codec::f32:
+        case Codec::f16:
+        case Codec::sq8: {
+            const int w = codec_ == Codec::f32 ? 4 : codec_ == Codec::f16 ? 2 : 1;
+            for (idx_t k = 0; k < d; ++k) std::memcpy(dst + (k * kBlock + to) * w, src + (k * kBlock + from) * w, w);
+            break;
+        }
+        case Codec::sq4:
+            for (idx_t k = 0; k < d; ++k) {
+                const std::uint8_t in = src[k * 8 + (from & 7)];
+                const int c = from < 8 ? (in & 0x0F) : (in >> 4);
+                std::uint8_t& byte = dst[k * 8 + (to & 7)];
+                byte = to < 8 ? static_cast<std::uint8_t>((byte & 0xF0) | c)
+                              : static_cast<std::uint8_t>((byte & 0x0F) | (c << 4));
+            }
+            break;
+    }
+}
+
+void IvfIndex::decode(idx_t l, idx_t pos, float* out) const {
+    const List& list = lists_[l];
     const idx_t d = dim_;
     const std::uint8_t* blk = list.code_ptr() + (pos / kBlock) * block_bytes(codec_, d);
     const int slot = static_cast<int>(pos % kBlock);
@@ -196,6 +304,11 @@ void IvfIndex::decode(const List& list, idx_t pos, float* out) const {
                 break;
             }
         }
+    }
+    if (sq4_residual()) {
+        const float* c = centroids_.data() + l * d;
+        const float s = sq_b_[l];
+        for (idx_t k = 0; k < d; ++k) out[k] = c[k] + s * out[k];
     }
 }
 }  // namespace mudg_fast

@@ -34,7 +34,9 @@
 //     length, the payload, zero padding to a multiple of 8. A reader refuses a required record
 //     it does not know (it changes how vectors are assigned or encoded) and keeps other unknown
 //     records as they are. Known records: META (optional) user metadata, UTF-8 text (JSON from
-//     the Python layer).
+//     the Python layer); SQ4R (required) the SQ4 residual form: u32 form (1), u32 0, then nlist
+//     float32 list scales s_l; the codes of list l encode (x - c_l) / s_l against the levels
+//     (without it, SQ4 codes encode x: the direct form of files written before it existed).
 //   List data: for each list, ceil(size/16) code blocks (the in-memory block layout, see
 //     simd.hpp) starting on a 64-byte boundary, then `size` int64 ids on an 8-byte boundary;
 //     the gaps before the code blocks and before the ids are zero. The last list's ids end
@@ -286,8 +288,9 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     MUDG_CHECK(ix.has_centroids(), "cannot save an index without centroids: train it first");
     const idx_t d = ix.dim_, nlist = ix.nlist_;
     const std::uint64_t bbytes = static_cast<std::uint64_t>(block_bytes(ix.codec_, d));
+    // The parameter section: SQ8 vmin and step, SQ4 levels (its list scales live in a record).
     std::vector<float> params(ix.sq_a_);
-    params.insert(params.end(), ix.sq_b_.begin(), ix.sq_b_.end());
+    if (ix.codec_ == Codec::sq8) params.insert(params.end(), ix.sq_b_.begin(), ix.sq_b_.end());
     const std::vector<std::uint8_t> ext = serialize_records(ix.extension_records());
 
     Header h{};

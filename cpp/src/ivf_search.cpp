@@ -14,6 +14,37 @@ using ivf_detail::Scratch;
 namespace {
 constexpr idx_t kRowGroup = 192;     // queries per tile-kernel call in list-major search
 constexpr idx_t kListMajorMin = 32;  // automatic mode: list-major from this many queries
+
+/// SQ4 residual form: the score of a code in list l is fma(s_l, <q, r>, <q, c_l>). The second
+/// term is computed here for packed query rows by the f32 tile kernel (one fma chain, the same
+/// at every SIMD level) against blocks that hold the centroids of the lists.
+struct CentroidTerm {
+    Scratch block, out;
+    bool zeroed = false;
+    /// out[r * n + j] = <q_r, c_{lists[j]}> for the `rows` rows packed in `a` and n lists.
+    const float* compute(const Kernels& K, const float* a, idx_t rows, const float* centroids, const idx_t* lists,
+                         idx_t n, idx_t d) {
+        float* blk = block.get(n_blocks(n) * kBlock * d);
+        if (n == 1) {  // one list (list-major items): column 0 of a block kept zero elsewhere
+            if (!zeroed) std::fill(blk, blk + kBlock * d, 0.0f);
+            zeroed = true;
+            const float* c = centroids + lists[0] * d;
+            for (idx_t k = 0; k < d; ++k) blk[k * kBlock] = c[k];
+        } else {
+            K.pack_blocks_f32(centroids, d, lists, n, d, blk);
+            zeroed = false;
+        }
+        float* o = out.get(rows * n);
+        TileArgs t;
+        t.a = a;
+        t.n_rows = rows;
+        t.b = blk;
+        t.n_cols = n;
+        t.d = d;
+        K.scores(t, o, n);
+        return o;
+    }
+};
 }  // namespace
 
 void IvfIndex::probe(MatrixView<const float> q, int nprobe, MatrixView<float> out_scores, MatrixView<idx_t> out_lists,
@@ -106,6 +137,8 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
     base.d = d;
     base.codec = codec_;
     base.lut = lut;
+    // SQ4 residual codes: each call adds <q, c_l> (row_bias) and scales by s_l (row_scale).
+    const bool residual = sq4_residual();
 
     if (mode == SearchMode::automatic) mode = nq >= kListMajorMin ? SearchMode::list_major : SearchMode::per_query;
 
@@ -113,14 +146,23 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
         const int nt = effective_threads(nq, 1, n_threads);
         std::vector<Scratch> panel(nt);
         std::vector<TopkHeaps> heaps(nt);
+        std::vector<CentroidTerm> cterm(nt);
+        std::vector<std::vector<idx_t>> plist(nt, std::vector<idx_t>(nprobe));
         parallel_for(nq, 1, n_threads, [&](idx_t i0, idx_t i1, int tid) {
             float* a = panel[tid].get(packed_rows_size(1, d, mr));
             TopkHeaps& h = heaps[tid];
             for (idx_t qi = i0; qi < i1; ++qi) {
                 pack_rows(q.row(qi), q.stride, nullptr, 1, d, mr, scale, a);
                 h.reset(1, kk);
+                const idx_t* lists = probes.data() + qi * nprobe;
+                const float* cq = nullptr;
+                if (residual) {  // <q, c_l> of all probed lists in one call (a -1 probe reads list 0)
+                    idx_t* valid = plist[tid].data();
+                    for (int p = 0; p < nprobe; ++p) valid[p] = lists[p] < 0 ? 0 : lists[p];
+                    cq = cterm[tid].compute(K, a, 1, centroids_.data(), valid, nprobe, d);
+                }
                 for (int p = 0; p < nprobe; ++p) {
-                    const idx_t l = probes[qi * nprobe + p];
+                    const idx_t l = lists[p];
                     if (l < 0) continue;
                     const List& list = lists_[l];
                     if (!list.size) continue;
@@ -129,6 +171,10 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
                     t.n_rows = 1;
                     t.b = list.code_ptr();
                     t.n_cols = list.size;
+                    if (residual) {
+                        t.row_bias = cq + p;
+                        t.row_scale = sq_b_[l];
+                    }
                     HeapSink ctx;
                     ctx.heaps = &h;
                     ctx.call_thresholds = h.thresholds();
@@ -170,6 +216,7 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
     std::vector<char> used(nt, 0);
     std::vector<Scratch> panel(nt);
     std::vector<std::vector<float>> thr(nt);
+    std::vector<CentroidTerm> cterm(nt);
     parallel_for(static_cast<idx_t>(items.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
         TopkHeaps& h = heaps[tid];
         if (!used[tid]) {
@@ -191,6 +238,10 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
             t.n_rows = rows;
             t.b = list.code_ptr();
             t.n_cols = list.size;
+            if (residual) {
+                t.row_bias = cterm[tid].compute(K, a, rows, centroids_.data(), &it.list, 1, d);
+                t.row_scale = sq_b_[it.list];
+            }
             HeapSink ctx;
             ctx.heaps = &h;
             ctx.call_thresholds = t_thr;

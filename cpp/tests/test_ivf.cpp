@@ -63,14 +63,27 @@ Result oracle(const IvfIndex& ix, const std::vector<float>& q, idx_t nq, int k, 
     brute_topk(ix.centroids().data(), nlist, q.data(), nq, d, nprobe, ps, probes);
     const auto& va = ix.codec_a();
     const auto& vb = ix.codec_b();
-    // Each list's ids and the vectors its scores are computed on: the decoded vectors, or for
-    // SQ8 the codes themselves (recovered exactly from the decoded values).
+    // Each list's ids and the vectors its scores are computed on: the decoded vectors, for SQ8
+    // the codes themselves (recovered exactly from the decoded values), for SQ4 in the residual
+    // form the levels (the one whose c_l + s_l * level is the decoded value).
+    const bool residual = ix.sq4_residual();
     std::vector<std::vector<idx_t>> lids(nlist);
     std::vector<std::vector<float>> lvec(nlist);
     for (idx_t l = 0; l < nlist; ++l) {
         lids[l] = ix.list_ids(l);
         lvec[l].resize(lids[l].size() * d);
         ix.reconstruct(lids[l].data(), static_cast<idx_t>(lids[l].size()), lvec[l].data());
+        if (residual)
+            for (std::size_t j = 0; j < lids[l].size(); ++j)
+                for (idx_t t = 0; t < d; ++t) {
+                    float& v = lvec[l][j * d + t];
+                    const float c = ix.centroids()[l * d + t], s = vb[l];
+                    int best = 0;
+                    for (int c4 = 1; c4 < 16; ++c4)
+                        if (std::fabs(va[t * 16 + c4] * s + c - v) < std::fabs(va[t * 16 + best] * s + c - v)) best = c4;
+                    CHECK_EQ(c + s * va[t * 16 + best], v);
+                    v = va[t * 16 + best];
+                }
         if (ix.codec() == Codec::sq8)
             for (std::size_t j = 0; j < lids[l].size(); ++j)
                 for (idx_t t = 0; t < d; ++t) {
@@ -95,7 +108,11 @@ Result oracle(const IvfIndex& ix, const std::vector<float>& q, idx_t nq, int k, 
         cand.clear();
         for (int p = 0; p < nprobe; ++p) {
             const idx_t l = probes[qi * nprobe + p];
-            for (std::size_t j = 0; j < lids[l].size(); ++j) cand.push_back({ip(qs.data(), &lvec[l][j * d], d), lids[l][j]});
+            const float cq = residual ? ip(qv, ix.centroids().data() + l * d, d) : 0.0f;
+            for (std::size_t j = 0; j < lids[l].size(); ++j) {
+                const float s = ip(qs.data(), &lvec[l][j * d], d);
+                cand.push_back({residual ? std::fma(s, vb[l], cq) : s, lids[l][j]});
+            }
         }
         std::sort(cand.begin(), cand.end(), BetterPair{});
         for (int j = 0; j < k && j < static_cast<int>(cand.size()); ++j) {
@@ -369,7 +386,10 @@ TEST(codec_parameters_and_training) {
     auto x = uniform(n * d, 13);
     for (idx_t i = 0; i < n; ++i) x[i * d + 1] = 0.25f;
     sq8.train_codec(MatrixView<const float>(x.data(), n, d));
-    sq4.train_codec(MatrixView<const float>(x.data(), n, d));
+    // The residual form (the default) needs the centroids; the direct form does not.
+    CHECK_THROWS(sq4.train_codec(MatrixView<const float>(x.data(), n, d)), Error, "before training it");
+    sq4.train_codec(MatrixView<const float>(x.data(), n, d), false);
+    CHECK(!sq4.sq4_residual() && sq4.codec_b().empty());
     for (idx_t t = 0; t < d; ++t) {
         CHECK(sq8.codec_b()[t] > 0);
         for (idx_t i = 0; i < n; ++i) {

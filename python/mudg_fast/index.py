@@ -200,8 +200,9 @@ class IVFIndex:
     dim : vector dimension.
     nlist : number of inverted lists (cells).
     codec : storage of the vectors in the lists: "f32" (exact), "f16", "sq8" (8-bit per-dimension
-        scalar quantiser over the training sample's range), "sq4" (4-bit, 16 per-dimension levels
-        fitted by 1-D Lloyd-Max).
+        scalar quantiser over the training sample's range), "sq4" (4-bit: each vector's residual
+        to its list centroid, divided by a per-list scale, against 16 per-dimension levels fitted
+        by 1-D Lloyd-Max; see ``train_codec``).
     metric : "ip" (inner product; cosine for normalised vectors).
 
     Usage follows faiss: ``train`` (or ``train_paired`` / ``set_centroids``), ``add``, ``search``.
@@ -311,9 +312,17 @@ class IVFIndex:
 
     def codec_params(self) -> tuple[np.ndarray, np.ndarray]:
         """The scalar quantiser's parameters: sq8 -> (vmin[dim], step[dim]) with decode
-        vmin + code * step; sq4 -> (levels[dim * 16], empty) with decode levels[k * 16 + code];
-        f32 / f16 -> two empty arrays."""
+        vmin + code * step; sq4 -> (levels[dim * 16], list_scales[nlist]) with decode
+        centroid[l, k] + list_scales[l] * levels[k * 16 + code] for a vector of list l (residual
+        form), or (levels, empty) with decode levels[k * 16 + code] (direct form); f32 / f16 ->
+        two empty arrays."""
         return self._ix.codec_params()
+
+    @property
+    def sq4_residual(self) -> bool:
+        """Whether the sq4 codes encode residuals to the list centroids (the default since the
+        residual form exists; files written before it hold the direct form)."""
+        return self._ix.sq4_residual
 
     def set_codec_params(self, a, b=()) -> IVFIndex:
         """Installs quantiser parameters (as returned by codec_params) instead of training them,
@@ -328,12 +337,26 @@ class IVFIndex:
         self._ix.set_codec_params(vector(a, "a"), vector(b, "b"))
         return self
 
-    def train_codec(self, x, *, seed: int = 0) -> IVFIndex:
-        """Fits the scalar quantiser (sq8/sq4) on a seeded random sample of x; no-op for f32/f16."""
+    def train_codec(self, x, *, seed: int = 0, sq4_residual: bool = True) -> IVFIndex:
+        """Fits the scalar quantiser (sq8/sq4) on a seeded random sample of x; no-op for f32/f16.
+
+        sq4 encodes, by default, each vector's residual to its list centroid divided by the
+        list's scale (``x = c_l + s_l * r``): the sample rows are assigned to their nearest
+        centroids (as ``add`` assigns), ``s_l`` is the list's RMS residual norm relative to the
+        sample's (shrunk towards 1 where the list has few sample rows), and the 16 levels of each
+        dimension are fitted to the pooled ``r``. This needs the centroids (``train`` /
+        ``train_paired`` / ``set_centroids`` first). ``sq4_residual=False`` fits the levels to x
+        itself (the direct form of files written before the residual form existed)."""
         self._check_empty("train_codec()")
+        if not isinstance(sq4_residual, (bool, np.bool_)):
+            raise TypeError(f"sq4_residual must be a bool, got {type(sq4_residual).__name__}")
         if self.codec in ("sq8", "sq4"):
+            if self.codec == "sq4" and sq4_residual and not self._ix.has_centroids:
+                raise RuntimeError("the sq4 codec encodes residuals to the list centroids: call set_centroids() "
+                                   "(or train / train_paired) before train_codec(), or pass sq4_residual=False")
             x = as_matrix(x, name="x", dim=self.dim)
-            self._ix.train_codec(_seeded_sample(x, _CODEC_TRAIN_SAMPLE, seed))
+            self._ix.train_codec(_seeded_sample(x, _CODEC_TRAIN_SAMPLE, seed), bool(sq4_residual),
+                                 resolve_threads(self.num_threads))
         return self
 
     # -- adding and searching ---------------------------------------------------------------------
@@ -525,8 +548,9 @@ class IVFIndex:
     def to_faiss(self):
         """An equivalent faiss index (needs faiss): IndexIVFFlat for f32, IndexIVFScalarQuantizer
         (QT_fp16 / QT_8bit) for f16 / sq8, with our centroids and lists. sq4 uses non-uniform
-        per-dimension levels that faiss's QT_4bit (uniform) cannot express: it is exported as
-        IndexIVFFlat holding the decoded vectors. See README for details."""
+        per-dimension levels and per-list scales of the residuals that faiss's QT_4bit (uniform
+        levels, one range for all lists) cannot express: it is exported as IndexIVFFlat holding
+        the decoded vectors. See :mod:`mudg_fast.interop` for details."""
         from .interop import ivf_to_faiss
 
         return ivf_to_faiss(self)

@@ -23,9 +23,15 @@ give the same code for every value (up to float rounding of values exactly on a 
 boundary). The codes are therefore copied unchanged, and vectors added later through faiss are
 encoded as ours would be.
 
-SQ4: our 4-bit codec has 16 fitted (non-uniform) levels per dimension; faiss's ``QT_4bit`` has
-16 evenly spaced levels, so no code mapping is exact. The export stores the decoded vectors in an
-``IndexIVFFlat`` instead: search results equal ours, at 8x the memory of the 4-bit codes.
+SQ4: our 4-bit codec has 16 fitted (non-uniform) levels per dimension and, in its residual form
+(the default), codes the residual to the list centroid divided by a per-list scale. faiss's
+``QT_4bit`` has 16 evenly spaced levels per dimension over one range shared by every list (with
+or without ``by_residual``): it can express neither the fitted levels nor the per-list scales, so
+no code mapping is exact. The export stores the decoded vectors (``centroid + scale * level``, or
+the levels themselves in the direct form of older files) in an ``IndexIVFFlat`` instead, at 8x
+the memory of the 4-bit codes: faiss then scores exactly the vectors ``reconstruct`` returns, and
+its scores equal ours up to float rounding (ours are ``fma(scale, <q, levels>, <q, centroid>)``),
+so the results agree but for near ties. Vectors added to the export are stored unquantised.
 
 Lists are read with ``IVFIndex.list_ids`` and ``IVFIndex.reconstruct``; an index in which one id
 occurs twice cannot be exported that way (``reconstruct`` returns one vector per id) and raises.

@@ -90,11 +90,22 @@ public:
     /// Trains the scalar quantiser on `sample` (SQ8: 256 levels over each dimension's sample
     /// range; SQ4: 16 per-dimension levels by 1-D Lloyd-Max from quantile starts).
     /// f32 / f16 need no training. Allowed only while the index is empty.
-    void train_codec(MatrixView<const float> sample);
-    /// Codec parameters: SQ8 (a = vmin[d], b = step[d]); SQ4 (a = levels[d*16], b unused).
+    ///
+    /// SQ4 has two forms. The residual form (the default, `sq4_residual`) encodes each vector's
+    /// residual to its list centroid divided by the list's scale: x = c_l + s_l * r, and the
+    /// levels are fitted to the pooled r of the sample (each row assigned to its nearest
+    /// centroid, as add() assigns, s_l the list's RMS residual norm relative to the sample's,
+    /// shrunk towards 1 for lists with few sample rows); it needs the centroids. The direct form
+    /// (`sq4_residual` false, and every file written before the residual form existed) encodes
+    /// x itself.
+    void train_codec(MatrixView<const float> sample, bool sq4_residual = true, int n_threads = 0);
+    /// Codec parameters: SQ8 (a = vmin[d], b = step[d]); SQ4 (a = levels[d*16], b = list
+    /// scales[nlist] in the residual form, empty in the direct form).
     const std::vector<float>& codec_a() const noexcept { return sq_a_; }
     const std::vector<float>& codec_b() const noexcept { return sq_b_; }
     void set_codec_params(std::vector<float> a, std::vector<float> b);
+    /// SQ4 in the residual form (codes relative to the list centroid and scale).
+    bool sq4_residual() const noexcept { return codec_ == Codec::sq4 && !sq_b_.empty(); }
 
     /// Assigns every row to its nearest centroid (inner product) and appends its code.
     /// ids: null -> ntotal, ntotal+1, ...
@@ -102,6 +113,11 @@ public:
 
     /// Top-k by (approximate, code-based) inner product over the nprobe nearest lists.
     /// out_[scores|ids] are [q.rows x k], best first, padded with (-inf, -1).
+    /// A score is the inner product of the query with the decoded vector, computed as one fma
+    /// chain over the dimensions; SQ8 adds the per-query <q, vmin> at the end, SQ4 in the
+    /// residual form computes fma(s_l, <q, r>, <q, c_l>) from the two chains. It equals the
+    /// inner product with reconstruct(id) up to float rounding (reconstruct rounds
+    /// c_l + s_l * r per value); the ranking uses exactly the reported scores.
     void search(MatrixView<const float> q, int k, int nprobe, MatrixView<float> out_scores,
                 MatrixView<idx_t> out_ids, int n_threads = 0, SearchMode mode = SearchMode::automatic) const;
 
@@ -160,11 +176,18 @@ private:
 
     void make_owned(List& list) const;
     void add_chunks(MatrixView<const float> x, const idx_t* ids, int n_threads, const ProgressFn& progress);
-    void append(List& list, MatrixView<const float> x, const idx_t* rows, idx_t m, const idx_t* new_ids,
-                float* scratch) const;
+    void append(idx_t l, MatrixView<const float> x, const idx_t* rows, idx_t m, const idx_t* new_ids,
+                float* scratch);
+    /// What the codes of list l encode: x itself, or the scaled residual (x - c_l) / s_l
+    /// (SQ4 residual form), written to out [d].
+    const float* code_input(idx_t l, const float* x, float* out) const;
     void encode_block(const float* block_f32, std::uint8_t* out) const;
     void encode_slot(const float* v, std::uint8_t* block, int slot) const;
-    void decode(const List& list, idx_t pos, float* out) const;
+    /// Copies the code of slot `from` of block `src` into slot `to` of block `dst`.
+    void copy_slot(const std::uint8_t* src, int from, std::uint8_t* dst, int to) const;
+    void decode(idx_t l, idx_t pos, float* out) const;
+    /// Nearest list of every row, as add() assigns them.
+    void assign_lists(MatrixView<const float> x, idx_t* lists, int n_threads) const;
     void build_id_map() const;
     /// Extension records written by save(), sorted by tag: the metadata, the state of optional
     /// components, and unknown records kept from the loaded file.
@@ -176,7 +199,7 @@ private:
     Codec codec_;
     idx_t ntotal_ = 0;
     std::vector<float> centroids_;
-    std::vector<float> sq_a_, sq_b_;   // codec parameters
+    std::vector<float> sq_a_, sq_b_;   // codec parameters (SQ4 residual form: sq_b_ = list scales)
     std::vector<float> sq4_mid_;       // SQ4 decision thresholds [d][15], derived from levels
     std::vector<List> lists_;
     std::shared_ptr<FileMapping> mapping_;

@@ -63,6 +63,9 @@ SimdLevel detected_simd_level() noexcept;
 SimdLevel simd_level();
 /// Tests and benchmarks only: switch the active level. Throws Error if the CPU lacks it.
 void set_simd_level(SimdLevel level);
+/// True in the SIMDe test build (CMake MUDG_SIMDE): the x86 levels are portable emulations, all
+/// offered on any CPU, and far slower than the real instructions.
+bool simd_emulated() noexcept;
 
 /// Database vectors live in blocks of kBlock vectors stored dimension-major ("transposed"):
 /// value of vector j (0..15) in dimension k sits at block[k * kBlock + j]. Unused slots are zero.
@@ -94,6 +97,11 @@ struct TileArgs {
     Codec codec = Codec::f32;
     const float* lut = nullptr;    ///< IN sq4 only: reconstruction values [d][16]
     const float* col_bias = nullptr;  ///< IN optional [n_cols], added to each column's score
+    /// IN optional [n_rows]: each score s becomes fma(s, row_scale, row_bias[row]) (after
+    /// col_bias). IVF residual codes: s = <q, residual code>, row_scale = the list's scale,
+    /// row_bias = <q, list centroid>.
+    const float* row_bias = nullptr;
+    float row_scale = 1.0f;
 };
 
 /// Called by the top-k kernel for each (row, col) whose score >= thresholds[row]; the sink may
@@ -114,6 +122,10 @@ struct Kernels {
     /// For each (row, col) with score >= thresholds[row], in increasing col order per row panel,
     /// calls sink(ctx, row, col, score).
     void (*topk)(const TileArgs& t, float* thresholds, CandidateSink sink, void* ctx);
+    /// f32 columns only, rows read in place (no packing): out[r * ld + c] = score of rows[r][0..d)
+    /// against column c of the f32 blocks at b (the same fma chain as `scores`).
+    void (*scores_rows)(const float* const* rows, idx_t n_rows, const float* b, idx_t n_cols, idx_t d, float* out,
+                        idx_t ld);
     /// Packs n rows (src + i*stride, or src + ids[i]*stride when ids) of d floats into
     /// ceil(n/16) f32 blocks at out (zero-padded).
     void (*pack_blocks_f32)(const float* src, idx_t stride, const idx_t* ids, idx_t n, idx_t d,

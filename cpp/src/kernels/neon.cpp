@@ -264,9 +264,9 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
 
 // Screening stays off by default here: without sdot an int8 dot product costs as many
 // instructions as the fp32 one (see README, "ARM").
-const Kernels kTable = {SimdLevel::neon, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                        false, 127, k_i8_scores_neon, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4,
-                        k_dot_rows_f32, k_dot_rows_f16};
+const Kernels kTable = {SimdLevel::neon, Isa::MR, k_scores, k_argmax, k_topk, k_scores_rows, k_pack_blocks_f32,
+                        k_f32_to_f16, false, 127, k_i8_scores_neon, k_max_value, k_collect_ge, k_quantize_row,
+                        k_encode_sq4, k_dot_rows_f32, k_dot_rows_f16};
 
 }  // namespace
 

@@ -34,6 +34,7 @@ float score(const TileArgs& t, idx_t row, idx_t col) {
     float acc = 0.0f;
     for (idx_t k = 0; k < t.d; ++k) acc = std::fma(a[k * kMr], decode(t, col, k), acc);
     if (t.col_bias) acc = acc + t.col_bias[col];
+    if (t.row_bias) acc = std::fma(acc, t.row_scale, t.row_bias[row]);
     return acc;
 }
 
@@ -60,6 +61,17 @@ void k_topk(const TileArgs& t, float* thresholds, CandidateSink sink, void* ctx)
         for (idx_t c = 0; c < t.n_cols; ++c) {
             const float s = score(t, r, c);
             if (s >= thresholds[r]) sink(ctx, r, c, s);
+        }
+}
+
+void k_scores_rows(const float* const* rows, idx_t n_rows, const float* b, idx_t n_cols, idx_t d, float* out,
+                   idx_t ld) {
+    for (idx_t r = 0; r < n_rows; ++r)
+        for (idx_t c = 0; c < n_cols; ++c) {
+            const float* col = b + (c / kBlock) * kBlock * d + c % kBlock;
+            float acc = 0.0f;
+            for (idx_t k = 0; k < d; ++k) acc = std::fma(rows[r][k], col[k * kBlock], acc);
+            out[r * ld + c] = acc;
         }
 }
 
@@ -169,8 +181,9 @@ void k_dot_rows_f16(const float* q, const std::uint16_t* const* rows, idx_t n, i
     }
 }
 
-const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, 127, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4,
+const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_scores_rows, k_pack_blocks_f32,
+                          k_f32_to_f16, false, 127, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row,
+                          k_encode_sq4,
                           k_dot_rows_f32, k_dot_rows_f16};
 
 }  // namespace
