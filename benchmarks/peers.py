@@ -144,6 +144,97 @@ def task_faiss_sq4(p):
     return out
 
 
+def _recall_at(I, gt, k=10):
+    I = np.asarray(I)[:, :k]
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(I, gt[:, :k])]))
+
+
+def _dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def task_scann_sweep(p):
+    """ScaNN (tree + asymmetric hashing, anisotropic loss), with and without exact reordering:
+    builds once per variant, then times search_batched_parallel for each (leaves, reorder)."""
+    import tempfile
+
+    import scann
+
+    xb = _load(p["xb"])
+    xq = _load(p["xq"])
+    gt = _load(p["gt"])
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    out = {"builds": {}, "search": []}
+    for variant in p["variants"]:  # {"name", "reorder": max reorder or 0}
+        b = scann.scann_ops_pybind.builder(xb, 10, "dot_product")
+        b = b.tree(num_leaves=p["num_leaves"], num_leaves_to_search=max(p["leaves"]),
+                   training_sample_size=min(len(xb), p["train_size"]))
+        b = b.score_ah(p.get("dims_per_block", 2), anisotropic_quantization_threshold=p.get("aq_threshold", 0.2))
+        if variant["reorder"]:
+            b = b.reorder(variant["reorder"])
+        b.set_n_training_threads(threads)
+        t0 = time.perf_counter()
+        searcher = b.build()
+        build_s = time.perf_counter() - t0
+        searcher.set_num_threads(threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            searcher.serialize(tmp)
+            nbytes = _dir_bytes(tmp)
+        out["builds"][variant["name"]] = {"seconds": build_s, "bytes": nbytes}
+        for leaves in p["leaves"]:
+            for pre in (variant.get("pre_reorder") or [None]):
+                fn = lambda: searcher.search_batched_parallel(xq, 10, pre, leaves, batch_size=256)  # noqa: E731
+                t, (I, _) = _times(fn, p["rounds"], warmup=1)
+                out["search"].append({"variant": variant["name"], "leaves": leaves, "reorder": pre or 0, "times": t,
+                                      "recall": _recall_at(I, gt), "bytes_per_vector": nbytes / len(xb)})
+        del searcher
+    return out
+
+
+def task_faiss_rerank_sweep(p):
+    """faiss IVF indexes at their best settings for this workload: scalar quantisers (own
+    k-means, or the given centroids) and PQ fast-scan with an exact refinement stage
+    (IndexRefineFlat); times each nprobe (and refinement factor)."""
+    faiss = _faiss()
+    xb = _load(p["xb"])
+    xq = _load(p["xq"])
+    gt = _load(p["gt"])
+    d = xb.shape[1]
+    out = {"builds": {}, "search": []}
+    for spec in p["indexes"]:  # {"name", "factory", "centroids": path or None, "refine": [k_factor...]}
+        t0 = time.perf_counter()
+        index = faiss.index_factory(d, spec["factory"], faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        if spec.get("centroids"):
+            cent = _load(spec["centroids"])
+            ivf.quantizer.add(cent)
+            ivf.is_trained = ivf.quantizer.ntotal == cent.shape[0]
+            sample = xb[np.sort(np.random.default_rng(0).choice(len(xb), min(len(xb), 65536), replace=False))]
+            faiss.downcast_index(index).sq.train(sample)  # the codec only: keep the given cells
+            ivf.is_trained = index.is_trained = True
+        else:
+            sample = xb[np.sort(np.random.default_rng(0).choice(len(xb), min(len(xb), p["train_size"]),
+                                                             replace=False))]
+            index.train(sample)
+        refine = spec.get("refine") or []
+        if refine:
+            index = faiss.IndexRefineFlat(index)
+        index.add(xb)
+        build_s = time.perf_counter() - t0
+        nbytes = faiss.serialize_index(index).nbytes
+        out["builds"][spec["name"]] = {"seconds": build_s, "bytes": int(nbytes)}
+        for nprobe in p["nprobes"]:
+            ivf.nprobe = nprobe
+            for kf in (refine or [None]):
+                if kf is not None:
+                    index.k_factor = kf
+                t, (D, I) = _times(lambda: index.search(xq, 10), p["rounds"], warmup=1)
+                out["search"].append({"index": spec["name"], "nprobe": nprobe, "k_factor": kf or 0, "times": t,
+                                      "recall": _recall_at(I, gt), "bytes_per_vector": nbytes / len(xb)})
+        del index
+    return out
+
+
 TASKS = {k[5:]: v for k, v in globals().items() if k.startswith("task_")}
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ def test_build_equals_training_on_the_sample_then_adding_everything(coll, tmp_pa
         s2, i2 = direct.search(q, 10, nprobe=nprobe)
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_array_equal(s1, s2)
+    # the file is the same too, once the direct index records the same source (for rerank="auto")
+    assert built.metadata == {"source": {"img_emb": str((root / "img_emb").resolve()), "ntotal": N, "dim": D,
+                                         "dtype": "float16"}}
+    direct.set_metadata(built.metadata)
     direct.save(tmp_path / "direct.ivf")
     assert (tmp_path / "direct.ivf").read_bytes() == out.read_bytes()
     # the returned index is the saved one

@@ -78,6 +78,24 @@ def test_augment_retrieve_select_and_run_agree(setup, tmp_path):
     assert r.column("label").to_pylist() == m.column("label").to_pylist()
     summary = json.loads(run.with_suffix(".json").read_text())
     assert summary["classnames"] == CLASSES.split(",") and summary["descriptors"] == chosen
+    assert summary["rerank"] == 0  # an f32 index: no re-ranking by default
+
+
+def test_retrieve_with_rerank(setup, tmp_path):
+    """--rerank on the f32 index re-scores exactly what it found (same candidates as without),
+    from the folder build-index recorded or from --rerank_source."""
+    root, coll, index, model, images = setup
+    outs = {}
+    with one_thread():
+        for name, extra in (("plain", []), ("auto", ["--rerank", "64"]),
+                            ("given", ["--rerank", "64", "--rerank_source", str(coll)])):
+            outs[name] = tmp_path / f"{name}.parquet"
+            assert cli.main(["retrieve", "--index", str(index), "--classnames", CLASSES, "--no_augmentation",
+                             "--k", "16", "--nprobe", "3", "--out", str(outs[name])] + extra + model) == 0
+    tables = {n: pq.read_table(p) for n, p in outs.items()}
+    for name in ("auto", "given"):
+        assert tables[name].column("id").to_pylist() == tables["plain"].column("id").to_pylist()
+        assert json.loads(outs[name].with_suffix(".json").read_text())["rerank"] == 64
 
 
 @pytest.mark.parametrize("args, message", [
@@ -88,6 +106,8 @@ def test_augment_retrieve_select_and_run_agree(setup, tmp_path):
     (["--no_augmentation", "--classnames", "cat,dog", "--metadata", "{root}/nowhere"], "cannot read metadata"),
     (["--classnames", "cat,dog", "--descriptors", "{root}/none.json"], "descriptor file not found"),
     (["--no_augmentation", "--classnames", "cat,dog", "--descriptors", "{root}/none.json"], "exclude each other"),
+    (["--no_augmentation", "--classnames", "cat,dog", "--rerank", "-1"], "--rerank must be >= 0"),
+    (["--no_augmentation", "--classnames", "cat,dog", "--rerank_source", "{root}/nowhere"], "--rerank_source not found"),
 ])
 def test_run_reports_bad_input_clearly(setup, tmp_path, capsys, args, message):
     root, coll, index, model, _ = setup

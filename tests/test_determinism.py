@@ -69,6 +69,12 @@ def workload(threads: int, tmp_path) -> dict:
         for mode in ("list_major", "per_query"):
             out[f"ivf {codec} search {mode}"] = digest(*ix.search(captions[:500], 30, nprobe=6, mode=mode))
         out[f"ivf {codec} rerank"] = digest(*ix.search(captions[:200], 10, nprobe=6, rerank=40, source=images))
+        if codec == "sq4":  # re-ranking from float16 rows and from a callable, many blocks of queries
+            _, shortlist = ix.search(captions[:2000], 60, nprobe=6)
+            half = images.astype(np.float16)
+            out["rerank f16"] = digest(*mudg_fast.rerank(captions[:2000], shortlist, 10, half, num_threads=threads))
+            out["rerank callable"] = digest(*mudg_fast.rerank(captions[:2000], shortlist, 10, lambda i: images[i],
+                                                              num_threads=threads))
 
     # retrieval -> voting -> filter -> selection, as the pipeline runs them
     ix = mudg_fast.IVFIndex(d, 32, codec="sq8", num_threads=threads)

@@ -84,6 +84,29 @@ JOBS = {
         again = ix.search(q[:3], 5, nprobe=8)
         report["search_unchanged"] = bool((again[1] == small[1]).all())
     """),
+    "rerank": ("""
+        x = rng.standard_normal((300_000, 256), dtype=np.float32).astype(np.float16)
+        q = rng.standard_normal((100_000, 256), dtype=np.float32)
+        cand = rng.integers(0, 300_000, (100_000, 500))
+        small = mudg_fast.rerank(q[:3], cand[:3], 5, x)
+    """, """
+        mudg_fast.rerank(q, cand, 10, x)
+    """, """
+        again = mudg_fast.rerank(q[:3], cand[:3], 5, x)
+        report["rerank_unchanged"] = bool((again[1] == small[1]).all() and (again[0] == small[0]).all())
+    """),
+    "rerank_callable": ("""
+        x = rng.standard_normal((200_000, 256), dtype=np.float32)
+        q = rng.standard_normal((60_000, 256), dtype=np.float32)
+        cand = rng.integers(0, 200_000, (60_000, 300))
+        fetch = lambda ids: x[ids]
+        small = mudg_fast.rerank(q[:3], cand[:3], 5, fetch)
+    """, """
+        mudg_fast.rerank(q, cand, 10, fetch)
+    """, """
+        again = mudg_fast.rerank(q[:3], cand[:3], 5, fetch)
+        report["rerank_unchanged"] = bool((again[1] == small[1]).all() and (again[0] == small[0]).all())
+    """),
     "build_index": ("""
         import tempfile
         from pathlib import Path
@@ -165,6 +188,8 @@ def test_ctrl_c_stops_within_a_second_and_leaves_a_consistent_state(job):
         assert report["ntotal_after_add"] == 1100
     if job == "ivf_search":
         assert report["search_unchanged"]
+    if job.startswith("rerank"):
+        assert report["rerank_unchanged"]
     if job == "build_index":
         assert not report["out_exists"]
         assert report["resumed_ntotal"] == 300_000

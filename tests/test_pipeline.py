@@ -174,3 +174,54 @@ def test_manifest_columns_metadata_and_summary(world, tmp_path):
 
 def test_check_classnames_strips():
     assert check_classnames([" cat ", "dog"]) == ["cat", "dog"]
+
+
+def test_retrieval_reranks_a_4bit_index_from_its_recorded_source(world, tmp_path):
+    """sq4 + build_index: re-ranked by default (max(4 k, 100) from the img_emb folder in the metadata),
+    exactly as a composition of IVFIndex.search(rerank=, source=) and the vote; rerank=0 turns it
+    off; an explicit rerank without a known source is refused; a moved folder turns the default off."""
+    from mudg_fast import augment
+    from mudg_fast.shards import write_collection
+
+    x, truth, names, enc, _ = world
+    write_collection(tmp_path / "col", x, shard_rows=1000, dtype=np.float32)
+    index = mudg_fast.build_index(tmp_path / "col" / "img_emb", nlist=16, codec="sq4", out=tmp_path / "ix.bin",
+                                  progress=False, max_iter=5)
+    desc = [", which can be any color.", ", seen from above."]
+    K = 20
+    q = enc.encode_text([augment.format_prompt("a photo of a {}.", c, d) for d in desc for c in CLASSES])
+
+    def composed(**search):
+        _, ids = index.search(q, K, nprobe=4, **search)
+        return sorted(reference_votes(ids.reshape(len(desc), len(CLASSES), K), K))
+
+    logs = []
+    auto = retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, seed=1, log=logs.append)
+    assert auto.summary["rerank"] == 100 and any("re-ranked a shortlist of 100" in s for s in logs)
+    assert auto.ids.tolist() == composed(rerank=100, source=x)
+    off = retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, seed=1, rerank=0)
+    assert off.summary["rerank"] == 0 and off.ids.tolist() == composed()
+    assert off.ids.tolist() != auto.ids.tolist()
+    given = retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, seed=1, rerank=30,
+                                rerank_source=lambda ids: x[ids])
+    assert given.summary["rerank"] == 30 and given.ids.tolist() == composed(rerank=30, source=x)
+    # build_training_set passes the choice through
+    ts = build_training_set(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, rerank=0, threshold=0.2,
+                            k_per_class=5, seed=1, embeddings=x)
+    assert ts.summary["rerank"] == 0
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="rerank must be None"):
+            retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, rerank=bad)
+    # the folder moves away: the default quietly stays exact-less, an explicit request fails
+    (tmp_path / "col").rename(tmp_path / "moved")
+    logs.clear()
+    moved = retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, seed=1, log=logs.append)
+    assert moved.summary["rerank"] == 0 and any("not re-ranking" in s for s in logs)
+    with pytest.raises(ValueError, match="cannot be read now"):
+        retrieve_candidates(index, enc, CLASSES, descriptors=desc, k=K, nprobe=4, rerank=40)
+    # an index that records no source: no default re-ranking, an explicit one needs rerank_source
+    bare = mudg_fast.IVFIndex(DIM, 16, codec="sq4").train(x, seed=0)
+    bare.add(x)
+    assert retrieve_candidates(bare, enc, CLASSES, descriptors=desc, k=K, nprobe=4).summary["rerank"] == 0
+    with pytest.raises(ValueError, match="records no source"):
+        retrieve_candidates(bare, enc, CLASSES, descriptors=desc, k=K, nprobe=4, rerank=40)

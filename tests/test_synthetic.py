@@ -190,6 +190,19 @@ def test_threads_do_not_change_the_result(monkeypatch):
         make_corpus(10, num_threads=0)
 
 
+def test_rows_are_the_same_rows_of_the_whole_corpus(monkeypatch):
+    monkeypatch.setattr(S, "CHUNK_ROWS", 700)
+    whole = make_corpus(3000, n_concepts=10, seed=2)
+    for lo, hi in ((0, 3000), (0, 700), (700, 1400), (350, 351), (650, 2111), (2999, 3000)):
+        part = make_corpus(3000, n_concepts=10, seed=2, rows=(lo, hi), num_threads=2)
+        for f in ("images", "captions", "labels"):
+            np.testing.assert_array_equal(getattr(part, f), getattr(whole, f)[lo:hi])
+    for bad, exc in (((5, 5), ValueError), ((-1, 10), ValueError), ((0, 3001), ValueError), ((0.5, 2), TypeError),
+                     (7, TypeError)):
+        with pytest.raises(exc, match="rows"):
+            make_corpus(3000, n_concepts=10, seed=2, rows=bad)
+
+
 @pytest.mark.parametrize("dim", [16, 64, 768])
 def test_other_dims(dim):
     c = make_corpus(600, n_concepts=12, dim=dim, seed=1)

@@ -35,5 +35,6 @@ void bind_search(py::module_& m);
 void bind_kmeans(py::module_& m);
 void bind_index(py::module_& m);
 void bind_select(py::module_& m);
+void bind_rerank(py::module_& m);
 
 }  // namespace mudg_fast::py_bind

@@ -152,4 +152,5 @@ PYBIND11_MODULE(_core, m) {
     bind_kmeans(m);
     bind_index(m);
     bind_select(m);
+    bind_rerank(m);
 }

@@ -12,6 +12,7 @@ from .build import build_index
 from .index import IVFIndex
 from .kmeans import KMeans, PairedKMeans, kmeans, paired_kmeans
 from .recall import evaluate_recall, modality_gap, plot_recall
+from .reranking import rerank
 from .search import knn
 
 __version__ = _core.__version__
@@ -27,6 +28,7 @@ __all__ = [
     "kmeans",
     "paired_kmeans",
     "knn",
+    "rerank",
     "build_index",
     "evaluate_recall",
     "modality_gap",

@@ -62,6 +62,7 @@ from .shards import EmbeddingShards, ShardError, check_aligned, gather, sample_i
 
 __all__ = [
     "build_index",
+    "source_metadata",
     "plan_build",
     "BuildPlan",
     "BuildError",
@@ -349,6 +350,8 @@ def _build(
             )
         raise
 
+    # Where the vectors came from, for IVFIndex.search(..., rerank=N, source="auto").
+    index.set_metadata({**index.metadata, "source": source_metadata(images)})
     t0 = time.monotonic()
     index.save(out)
     st = out.stat()
@@ -379,6 +382,16 @@ def _build(
     del index
     _release_free_memory()
     return IVFIndex.load(out, mmap=True, verify=False, num_threads=num_threads)
+
+
+def source_metadata(images: EmbeddingShards) -> dict:
+    """``index.metadata["source"]`` as build_index writes it: the absolute path of the image shard
+    folder, its size, dim and element type ("float16", "float32"; "mixed" when shards differ).
+    ``IVFIndex.search(..., rerank=N, source="auto")`` re-ranks from that folder after checking
+    that it still holds ntotal x dim vectors."""
+    dtypes = sorted({str(s.dtype) for s in images.shards})
+    return {"img_emb": str(images.folder.resolve()), "ntotal": int(images.ntotal), "dim": int(images.dim),
+            "dtype": dtypes[0] if len(dtypes) == 1 else "mixed"}
 
 
 def _train_or_resume(

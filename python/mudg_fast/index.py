@@ -21,6 +21,7 @@ import numpy as np
 from . import _core
 from ._arrays import as_ids, as_matrix, check_k, resolve_threads
 from .kmeans import KMeans, PairedKMeans
+from .reranking import open_source
 
 __all__ = ["CODECS", "IVFIndex", "atomic_write"]
 
@@ -164,31 +165,31 @@ def _seeded_sample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x[rows])
 
 
-def _rerank_exact(q: np.ndarray, cand: np.ndarray, k: int, source, dim: int):
-    """Exact inner products of each query with its candidate ids; best k, ties to the lower id."""
-    nq, short = cand.shape
-    scores = np.full((nq, k), -np.inf, np.float32)
-    ids = np.full((nq, k), -1, np.int64)
-    fetch = source if callable(source) else (lambda sel: np.asarray(source[sel]))
-    for s0 in range(0, nq, 256):  # bounded memory: 256 queries' shortlists at a time
-        c = cand[s0:s0 + 256]
-        valid = c >= 0
-        flat, inverse = np.unique(c[valid], return_inverse=True)
-        if not len(flat):
-            continue
-        vecs = np.asarray(fetch(flat), dtype=np.float32)
-        if vecs.shape != (len(flat), dim):
-            raise ValueError(f"source returned shape {vecs.shape} for {len(flat)} ids; expected ({len(flat)}, {dim})")
-        exact = np.full(c.shape, -np.inf, np.float32)
-        rows = np.nonzero(valid)[0]
-        exact[valid] = np.einsum("nd,nd->n", vecs[inverse], q[s0:s0 + 256][rows])
-        key_ids = np.where(valid, c, np.iinfo(np.int64).max)
-        order = np.lexsort((key_ids, -exact), axis=1)[:, :k]
-        take = min(k, short)
-        scores[s0:s0 + 256, :take] = np.take_along_axis(exact, order, 1)[:, :take]
-        ids[s0:s0 + 256, :take] = np.where(np.isfinite(scores[s0:s0 + 256, :take]),
-                                           np.take_along_axis(c, order, 1)[:, :take], -1)
-    return scores, ids
+_RERANK_CHUNK_SLOTS = 1 << 22  # shortlist slots searched and re-ranked at a time (memory bound)
+
+
+def _source_from_metadata(index):
+    """The img_emb folder ``build_index`` recorded in ``index.metadata["source"]``, checked against
+    the index (ValueError when absent or when the folder no longer matches)."""
+    from .shards import EmbeddingShards, ShardError
+
+    meta = index.metadata.get("source")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("img_emb"), str):
+        raise ValueError("source='auto' needs to know where the index's vectors came from, but this index records "
+                         "no source (index.metadata['source'], written by build_index): pass source= explicitly "
+                         "(the img_emb folder of .npy shards, an array or memory map, or a callable ids -> rows)")
+    folder = meta["img_emb"]
+    try:
+        shards = EmbeddingShards(folder, label="source")
+    except (FileNotFoundError, ShardError) as e:
+        raise ValueError(f"source='auto': the index was built from {folder}, which cannot be read now ({e}); "
+                         "pass source= explicitly") from None
+    want = (meta.get("ntotal"), meta.get("dim"))
+    if (shards.ntotal, shards.dim) != want or shards.dim != index.dim:
+        shards.close()
+        raise ValueError(f"source='auto': {folder} now holds {shards.ntotal} x {shards.dim} vectors, but the index was "
+                         f"built from {want[0]} x {want[1]}; the shards changed: pass source= explicitly")
+    return shards
 
 
 class IVFIndex:
@@ -384,8 +385,11 @@ class IVFIndex:
         Returns (scores float32 (nq, k), ids int64 (nq, k)), best first, padded with (-inf, -1).
         ``mode``: "auto" | "list_major" | "per_query" (identical results; a speed choice).
         ``rerank``: with quantised codecs, take a shortlist of ``max(k, rerank)`` candidates from
-        the codes and re-score it exactly against ``source`` — the original vectors, as an array
-        or memory map indexed by id, or a callable ``ids -> (len(ids), dim) array``.
+        the codes and re-score it exactly against ``source`` (see :func:`mudg_fast.rerank`): the
+        original float32 / float16 vectors as an array or memory map indexed by id, a folder of
+        ``.npy`` shards (clip-retrieval ``img_emb/``), a callable ``ids -> (len(ids), dim)`` rows,
+        or ``"auto"``: the shard folder ``build_index`` recorded in ``metadata["source"]``.
+        The scores are then exact (the f32 index's scores for the same pairs).
         """
         k = check_k(k)
         nprobe = check_k(nprobe, "nprobe")
@@ -396,10 +400,29 @@ class IVFIndex:
             return self._ix.search(q, k, nprobe, resolve_threads(self.num_threads), mode)
         rerank = check_k(rerank, "rerank")
         if source is None:
-            raise ValueError("rerank needs source=: the original vectors (array indexed by id, or a callable)")
+            raise ValueError("rerank needs source=: the original vectors (an array or memory map indexed by id, "
+                             "a folder of .npy shards, a callable ids -> rows, or 'auto')")
+        if isinstance(source, str) and source == "auto":
+            source = _source_from_metadata(self)
+            owned = source
+        else:
+            owned = None
         short = max(k, rerank)
-        _, cand = self._ix.search(q, short, nprobe, resolve_threads(self.num_threads), mode)
-        return _rerank_exact(q, cand, k, source, self.dim)
+        threads = resolve_threads(self.num_threads)
+        try:
+            with open_source(source, self.dim) as src:
+                step = max(1, _RERANK_CHUNK_SLOTS // short)
+                parts = []
+                for q0 in range(0, max(q.shape[0], 1), step):
+                    qc = q[q0:q0 + step]
+                    _, cand = self._ix.search(qc, short, nprobe, threads, mode)
+                    parts.append(_core.rerank(qc, cand, k, src.spec, threads))
+        finally:
+            if owned is not None:
+                owned.close()
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def probe(self, queries, nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """The coarse stage of ``search``: the ``nprobe`` lists nearest to each query.

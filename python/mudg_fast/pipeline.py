@@ -117,15 +117,56 @@ class Candidates:
         return len(self.ids)
 
 
+def _plan_rerank(index, k: int, rerank, rerank_source, say) -> tuple[int, object]:
+    """(shortlist length, source) for the retrieval search; (0, None) when not re-ranking.
+
+    rerank None: ``default_rerank(codec, k)`` when the original vectors are known (rerank_source,
+    or the img_emb folder recorded in the index metadata and still in place), else off.
+    rerank 0: off. rerank N: on; the source is rerank_source or the recorded folder ("auto")."""
+    from .reranking import default_rerank  # noqa: PLC0415
+
+    if rerank is not None:
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+            raise ValueError(f"rerank must be None (automatic), 0 (off) or a shortlist length >= 1, got {rerank!r}")
+        rerank = int(rerank)
+        if rerank == 0:
+            return 0, None
+        return max(rerank, k), ("auto" if rerank_source is None else rerank_source)
+    n = default_rerank(getattr(index, "codec", "f32"), k)
+    if not n:
+        return 0, None
+    if rerank_source is not None:
+        return n, rerank_source
+    if not (getattr(index, "metadata", None) or {}).get("source"):
+        say(f"not re-ranking: the {index.codec} index records no source of its vectors (give rerank_source=)")
+        return 0, None
+    from .index import _source_from_metadata  # noqa: PLC0415
+
+    try:
+        _source_from_metadata(index).close()
+    except ValueError as e:
+        say(f"not re-ranking: {e}")
+        return 0, None
+    return n, "auto"
+
+
 def retrieve_candidates(index: IVFIndex, encoder, classnames, *, template: str = "a photo of a {}.",
                         descriptors=None, pool=None, m: int = 16, n_groups: int = 16, k: int = 64, nprobe: int = 8,
-                        seed: int = 0, num_threads: int | None = None, log=None) -> Candidates:
+                        rerank: int | None = None, rerank_source=None, seed: int = 0,
+                        num_threads: int | None = None, log=None) -> Candidates:
     """Encodes the class prompts (plain and with each descriptor), searches them all in one
     list-major batch, and rank-votes the results into pseudo-labels.
 
     descriptors : the label-text descriptors; None selects ``m`` from ``pool`` (the built-in pool
         when None) with ``mudg_fast.augment.select_descriptors``; an empty list uses the plain
         prompt only. k : neighbours per query [64], at most the index size. nprobe : lists probed [8].
+    rerank : shortlist length re-scored exactly from the original vectors (see
+        :func:`mudg_fast.rerank`). None [default]: automatic, ``mudg_fast.reranking.default_rerank``
+        (max(4 k, 100) for sq4 indexes, max(2 k, 20) for sq8, off for f32 / f16) when the vectors
+        are known; 0: off.
+    rerank_source : the original vectors: an img_emb folder of .npy shards, a .npy file, an array
+        or memory map, or a callable ids -> rows; None: the folder ``build_index`` recorded in the
+        index metadata (``source="auto"``).
     """
     from . import augment  # noqa: PLC0415
 
@@ -162,15 +203,22 @@ def retrieve_candidates(index: IVFIndex, encoder, classnames, *, template: str =
     prompts = [augment.format_prompt(template, c, d) for d in variants for c in names]
     queries = _encode(encoder, prompts)
     t_encode = time.perf_counter() - t0
+    n_rerank, source = _plan_rerank(index, k, rerank, rerank_source, say)
     t1 = time.perf_counter()
-    scores, ids = index.search(queries, k, nprobe=nprobe)
+    if n_rerank:
+        scores, ids = index.search(queries, k, nprobe=nprobe, rerank=n_rerank, source=source)
+        auto = isinstance(source, str) and source == "auto"
+        where = index.metadata["source"]["img_emb"] if auto else "rerank_source"
+        say(f"re-ranked a shortlist of {n_rerank} per query exactly from {where}")
+    else:
+        scores, ids = index.search(queries, k, nprobe=nprobe)
     t_search = time.perf_counter() - t1
     shape = (len(variants), len(names), k)
     comb = combine_retrievals(ids.reshape(shape), scores.reshape(shape), seed=seed, return_details=True,
                               num_threads=num_threads)
     say(f"{len(prompts)} queries retrieved {len(comb)} unique images")
     summary = {"classes": len(names), "template": template, "descriptors": descriptors, "k": k, "nprobe": nprobe,
-               "seed": seed, "queries": len(prompts), "retrieved_unique": int(len(comb)),
+               "rerank": n_rerank, "seed": seed, "queries": len(prompts), "retrieved_unique": int(len(comb)),
                "index": {"nlist": index.nlist, "codec": index.codec, "ntotal": index.ntotal, "dim": index.dim},
                "seconds": {"encode": t_encode, "search": t_search}}
     return Candidates(ids=comb.ids, labels=comb.labels, votes=comb.votes, best_score=comb.best_score,
@@ -262,17 +310,20 @@ def select_training_set(cands: Candidates, embeddings, *, threshold: float = 0.2
 
 def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = "a photo of a {}.",
                        descriptors=None, pool=None, m: int = 16, n_groups: int = 16, k: int = 64, nprobe: int = 8,
+                       rerank: int | None = None, rerank_source=None,
                        threshold: float = 0.25, k_per_class: int = 48, strategy: str = "random", seed: int = 0,
                        embeddings=None, num_threads: int | None = None, log=None) -> TrainingSet:
     """Retrieves, pseudo-labels, filters and selects a training set for ``classnames``
     (retrieve_candidates, then select_training_set).
 
+    rerank, rerank_source : exact re-ranking of the retrieval (see :func:`retrieve_candidates`;
+        automatic for sq4 indexes whose source is known).
     embeddings : where the selection reads image embeddings: an array / memory map indexed by
         id, a callable ``ids -> (n, d)``, or None to reconstruct them from the index.
     """
     cands = retrieve_candidates(index, encoder, classnames, template=template, descriptors=descriptors, pool=pool,
-                                m=m, n_groups=n_groups, k=k, nprobe=nprobe, seed=seed, num_threads=num_threads,
-                                log=log)
+                                m=m, n_groups=n_groups, k=k, nprobe=nprobe, rerank=rerank, rerank_source=rerank_source,
+                                seed=seed, num_threads=num_threads, log=log)
     return select_training_set(cands, index if embeddings is None else embeddings, threshold=threshold,
                                k_per_class=k_per_class, strategy=strategy, seed=seed, num_threads=num_threads)
 

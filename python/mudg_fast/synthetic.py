@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import math
 import numbers
+import operator
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -831,7 +832,8 @@ CHUNK_ROWS = 32768
 def make_corpus(n_images: int, *, n_concepts: int | None = None, concept_names=None,
                 dim: int = 512, background_fraction: float = 0.5, concept_imbalance: float = 0.0,
                 seed: int = 0, params: SyntheticParams | None = None,
-                num_threads: int | None = None, **stats) -> SyntheticCorpus:
+                num_threads: int | None = None, rows: tuple[int, int] | None = None,
+                **stats) -> SyntheticCorpus:
     """Generates ``n_images`` image/caption pairs with named concepts and a CLIP-like modality gap.
 
     Parameters
@@ -852,10 +854,14 @@ def make_corpus(n_images: int, *, n_concepts: int | None = None, concept_names=N
         (e.g. ``image_nuisance=0.3``, ``model="offset"``).
     num_threads : chunks generated in parallel [None = all cores]; the result is the same for
         any value.
+    rows : ``(start, stop)``: generate only pairs ``start .. stop - 1`` of the ``n_images``-pair
+        corpus, identical to those rows of the whole one (for corpora larger than memory,
+        written part by part). None [default]: all of them.
 
     Returns
     -------
-    SyntheticCorpus with float32 ``images``/``captions`` (n_images, dim) and int64 ``labels``.
+    SyntheticCorpus with float32 ``images``/``captions`` (n_images, dim) and int64 ``labels``
+    (``stop - start`` rows with ``rows``).
 
     Generated in chunks of 32768 rows, each from its own seeded stream (so threads cannot change
     the result); peak memory is the two outputs plus a few chunk-sized float32 temporaries per
@@ -883,6 +889,15 @@ def make_corpus(n_images: int, *, n_concepts: int | None = None, concept_names=N
     if not (math.isfinite(imb) and imb >= 0):
         raise ValueError("concept_imbalance must be a finite number >= 0, "
                          f"got {concept_imbalance!r}")
+    if rows is None:
+        lo, hi = 0, n_images
+    else:
+        try:
+            lo, hi = (int(operator.index(v)) for v in rows)
+        except (TypeError, ValueError):
+            raise TypeError(f"rows must be a (start, stop) pair of integers, got {rows!r}") from None
+        if not 0 <= lo < hi <= n_images:
+            raise ValueError(f"rows must satisfy 0 <= start < stop <= n_images={n_images}, got {rows!r}")
     names = _choose_names(n_concepts, concept_names, seed)
     encoder = SyntheticTextEncoder(seed=seed, dim=dim, params=params, concept_names=names)
     sp = encoder._space
@@ -895,23 +910,30 @@ def make_corpus(n_images: int, *, n_concepts: int | None = None, concept_names=N
     labels = labels.astype(np.int64)
     labels[labels == n_c] = -1
 
-    images = np.empty((n_images, dim), dtype=np.float32)
-    captions = np.empty((n_images, dim), dtype=np.float32)
+    images = np.empty((hi - lo, dim), dtype=np.float32)
+    captions = np.empty((hi - lo, dim), dtype=np.float32)
     concepts32 = concepts.astype(np.float32)
-    starts = list(range(0, n_images, CHUNK_ROWS))
+    chunks = list(range(lo // CHUNK_ROWS, (hi - 1) // CHUNK_ROWS + 1))
 
     def fill(ci: int) -> None:   # chunk ci: its own random stream, its own output rows
-        s0, e0 = starts[ci], min(n_images, starts[ci] + CHUNK_ROWS)
+        s0, e0 = ci * CHUNK_ROWS, min(n_images, (ci + 1) * CHUNK_ROWS)
         rng = np.random.default_rng([seed, 1, ci])
-        _fill_chunk(sp, rng, labels[s0:e0], concepts32, images[s0:e0], captions[s0:e0])
+        a, b = max(s0, lo), min(e0, hi)   # the part of the chunk that is asked for
+        if (a, b) == (s0, e0):
+            _fill_chunk(sp, rng, labels[s0:e0], concepts32, images[s0 - lo:e0 - lo], captions[s0 - lo:e0 - lo])
+            return
+        img, cap = np.empty((e0 - s0, dim), np.float32), np.empty((e0 - s0, dim), np.float32)
+        _fill_chunk(sp, rng, labels[s0:e0], concepts32, img, cap)
+        images[a - lo:b - lo], captions[a - lo:b - lo] = img[a - s0:b - s0], cap[a - s0:b - s0]
 
-    workers = min(len(starts), (os.cpu_count() or 1) if num_threads is None else num_threads)
+    workers = min(len(chunks), (os.cpu_count() or 1) if num_threads is None else num_threads)
     if workers <= 1:
-        for ci in range(len(starts)):
+        for ci in chunks:
             fill(ci)
     else:                         # numpy releases the GIL in the random fills and matmuls
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(fill, range(len(starts))))
+            list(pool.map(fill, chunks))
+    labels = labels[lo:hi].copy() if rows is not None else labels
     return SyntheticCorpus(images=images, captions=captions, labels=labels, concept_names=names,
                            text_encoder=encoder, params=params, seed=seed, background_fraction=bf)
 

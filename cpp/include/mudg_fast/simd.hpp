@@ -159,6 +159,13 @@ struct Kernels {
     /// SQ4 codes of one f32 block [d][16]: code = #{j : v > mids[k * 15 + j]} (mids sorted);
     /// out[k * 8 + j] = code(v[k][j]) | code(v[k][j + 8]) << 4.
     void (*encode_sq4)(const float* blk, idx_t d, const float* mids, std::uint8_t* out);
+
+    // --- exact re-ranking (see rerank.hpp): one query against n rows given by pointers ----------
+    /// out[i] = <q, rows[i]> over d dimensions, one fma chain per row in increasing dimension
+    /// order (vectorised across rows, so every level returns the same bits as the tile kernels).
+    void (*dot_rows_f32)(const float* q, const float* const* rows, idx_t n, idx_t d, float* out);
+    /// The same for float16 rows, each value converted exactly to float32 first.
+    void (*dot_rows_f16)(const float* q, const std::uint16_t* const* rows, idx_t n, idx_t d, float* out);
 };
 
 /// Rows per u8 panel of the int8 screening kernels (all levels).

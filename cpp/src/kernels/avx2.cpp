@@ -46,6 +46,35 @@ struct Isa {
     static unsigned mask_ge(V a, V b) {
         return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)));
     }
+
+    // Re-ranking (rows_impl.hpp): 8 rows x 8 dimensions transposed in registers.
+    static constexpr int ROW_GROUPS = 2;
+    static void transpose8(V (&r)[8]) {
+        const V t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        const V t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        const V t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        const V t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        const V u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        const V u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        const V u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        const V u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+        r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+        r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+        r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+        r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+        r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+        r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+        r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+    }
+    static void cols_f32(const float* const* rows, idx_t k, V (&c)[8]) {
+        for (int j = 0; j < 8; ++j) c[j] = _mm256_loadu_ps(rows[j] + k);
+        transpose8(c);
+    }
+    static void cols_f16(const std::uint16_t* const* rows, idx_t k, V (&c)[8]) {
+        for (int j = 0; j < 8; ++j) c[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[j] + k)));
+        transpose8(c);
+    }
     static void lane_update(float* best, std::int32_t* col, V acc, std::int32_t col0) {
         const V b = _mm256_loadu_ps(best);
         const V m = _mm256_cmp_ps(acc, b, _CMP_GT_OQ);
@@ -61,11 +90,11 @@ struct Isa {
 #include "scan_impl.hpp"
 #include "i8_impl.hpp"
 #include "quant_avx2_impl.hpp"
-
+#include "rows_impl.hpp"
 
 const Kernels kTable = {SimdLevel::avx2, Isa::MR, k_scores, k_argmax, k_topk, k_scores_rows,
                         k_pack_blocks_f32, k_max_abs_bits, k_f32_to_f16, true, 63, k_i8_scores, k_max_value,
-                        k_collect_ge, k_quantize_row, k_encode_sq4};
+                        k_collect_ge, k_quantize_row, k_encode_sq4, k_dot_rows_f32, k_dot_rows_f16};
 
 }  // namespace
 

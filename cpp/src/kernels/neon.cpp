@@ -69,10 +69,39 @@ struct Isa {
         const int32x4_t nc = vaddq_s32(vdupq_n_s32(col0), vld1q_s32(lanes));
         vst1q_s32(col, vbslq_s32(m, nc, vld1q_s32(col)));
     }
+
+    // Re-ranking (rows_impl.hpp): 4 rows x 8 dimensions, two 4x4 transposes in registers.
+    static constexpr int ROW_GROUPS = 4;
+    static void transpose4(V& r0, V& r1, V& r2, V& r3) {
+        const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
+        const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+        r0 = vreinterpretq_f32_f64(vtrn1q_f64(t0, t2));
+        r1 = vreinterpretq_f32_f64(vtrn1q_f64(t1, t3));
+        r2 = vreinterpretq_f32_f64(vtrn2q_f64(t0, t2));
+        r3 = vreinterpretq_f32_f64(vtrn2q_f64(t1, t3));
+    }
+    static void cols_f32(const float* const* rows, idx_t k, V (&c)[8]) {
+        for (int j = 0; j < 4; ++j) {
+            c[j] = vld1q_f32(rows[j] + k);
+            c[j + 4] = vld1q_f32(rows[j] + k + 4);
+        }
+        transpose4(c[0], c[1], c[2], c[3]);
+        transpose4(c[4], c[5], c[6], c[7]);
+    }
+    static void cols_f16(const std::uint16_t* const* rows, idx_t k, V (&c)[8]) {
+        for (int j = 0; j < 4; ++j) {  // exact conversions, as load_f16
+            const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(rows[j] + k));
+            c[j] = vcvt_f32_f16(vget_low_f16(h));
+            c[j + 4] = vcvt_high_f32_f16(h);
+        }
+        transpose4(c[0], c[1], c[2], c[3]);
+        transpose4(c[4], c[5], c[6], c[7]);
+    }
 };
 
 #include "tile_impl.hpp"
 #include "scan_impl.hpp"
+#include "rows_impl.hpp"
 
 /// Transposes 4 rows x 4 dimensions (rows[i] + k) into 4 dimension rows of stride 16 at out.
 inline void transpose4(const float* const* rows, idx_t k, float* out) {
@@ -238,7 +267,7 @@ void k_quantize_row(const float* x, idx_t d, int lim, int offset, std::uint8_t* 
 // instructions as the fp32 one (see README, "ARM").
 const Kernels kTable = {SimdLevel::neon, Isa::MR, k_scores, k_argmax, k_topk, k_scores_rows,
                         k_pack_blocks_f32, k_max_abs_bits, k_f32_to_f16, false, 127, k_i8_scores_neon, k_max_value,
-                        k_collect_ge, k_quantize_row, k_encode_sq4};
+                        k_collect_ge, k_quantize_row, k_encode_sq4, k_dot_rows_f32, k_dot_rows_f16};
 
 }  // namespace
 

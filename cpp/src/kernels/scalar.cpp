@@ -167,9 +167,25 @@ void k_encode_sq4(const float* blk, idx_t d, const float* mids, std::uint8_t* ou
     }
 }
 
+void k_dot_rows_f32(const float* q, const float* const* rows, idx_t n, idx_t d, float* out) {
+    for (idx_t i = 0; i < n; ++i) {
+        float acc = 0.0f;
+        for (idx_t k = 0; k < d; ++k) acc = std::fma(q[k], rows[i][k], acc);
+        out[i] = acc;
+    }
+}
+
+void k_dot_rows_f16(const float* q, const std::uint16_t* const* rows, idx_t n, idx_t d, float* out) {
+    for (idx_t i = 0; i < n; ++i) {
+        float acc = 0.0f;
+        for (idx_t k = 0; k < d; ++k) acc = std::fma(q[k], half_to_float(rows[i][k]), acc);
+        out[i] = acc;
+    }
+}
+
 const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_scores_rows,
                         k_pack_blocks_f32, k_max_abs_bits, k_f32_to_f16, false, 127, k_i8_scores, k_max_value,
-                        k_collect_ge, k_quantize_row, k_encode_sq4};
+                        k_collect_ge, k_quantize_row, k_encode_sq4, k_dot_rows_f32, k_dot_rows_f16};
 
 }  // namespace
 

@@ -22,6 +22,13 @@ def add_retrieval_args(p):
     p.add_argument("--no_augmentation", action="store_true", help="plain prompts only")
     p.add_argument("--k", type=int, default=64, help="neighbours per query (default: %(default)s)")
     p.add_argument("--nprobe", type=int, default=8, help="inverted lists probed per query (default: %(default)s)")
+    p.add_argument("--rerank", type=int, default=None,
+                   help="shortlist per query re-scored exactly from the original vectors; 0: off (default when the "
+                        "vectors are known, i.e. --rerank_source or the img_emb folder build-index recorded: "
+                        "max(4 k, 100) for sq4 indexes, max(2 k, 20) for sq8, off for f32/f16)")
+    p.add_argument("--rerank_source", default=None,
+                   help="original image embeddings for --rerank: a clip-retrieval folder (img_emb/), a folder of .npy "
+                        "shards or a .npy file (default: the folder recorded in the index)")
     p.add_argument("--seed", type=int, default=0, help="seed for descriptor grouping and vote ties")
     add_model_args(p)
 
@@ -39,12 +46,17 @@ def retrieve_from_args(args, encoder=None):
     names = read_classnames(args.classnames)
     index = load_index(args.index)
     descriptors = [] if args.no_augmentation else (read_descriptors(args.descriptors) if args.descriptors else None)
+    if args.rerank is not None and args.rerank < 0:
+        raise CliError(f"--rerank must be >= 0 (0 turns re-ranking off), got {args.rerank}")
+    if args.rerank_source is not None and not Path(args.rerank_source).exists():
+        raise CliError(f"--rerank_source not found: {args.rerank_source}")
     encoder = encoder or make_encoder(args)
     try:
         return retrieve_candidates(index, encoder, names, template=args.template, descriptors=descriptors,
                                    pool=None if args.pool is None else _pool(args.pool), m=args.m, k=args.k,
-                                   nprobe=args.nprobe, seed=args.seed, log=log), index
-    except (TypeError, ValueError) as e:
+                                   nprobe=args.nprobe, rerank=args.rerank, rerank_source=args.rerank_source,
+                                   seed=args.seed, log=log), index
+    except (TypeError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
 
 
