@@ -1,6 +1,6 @@
-"""Determinism matrix: threads {1, 2} x every SIMD level this CPU has (scalar, avx2, avx512) give
-bit-identical outputs for k-means, knn, index build (including the saved file's bytes) and
-search, retrieval combination and selection.
+"""Determinism matrix: threads {1, 2} x every SIMD level this CPU has (scalar, avx2, avx2+vnni,
+avx512, avx512+vnni) give bit-identical outputs for k-means, knn, index build (including the
+saved file's bytes) and search, retrieval combination and selection.
 
 One workload runs under each configuration; every output is reduced to a SHA-256 of its bytes
 and compared with the scalar, single-threaded run.
@@ -106,10 +106,12 @@ def results(tmp_path_factory):
 
 def test_matrix_covers_the_cpu():
     assert ("scalar", 1) in CONFIGS and ("scalar", 2) in CONFIGS
-    if mudg_fast.detected_simd_level() in ("avx2", "avx512"):
+    best = mudg_fast.detected_simd_level()
+    if best != "scalar":
         assert ("avx2", 2) in CONFIGS
-    if mudg_fast.detected_simd_level() == "avx512":
+    if best.startswith("avx512"):
         assert ("avx512", 2) in CONFIGS
+    assert (best, 1) in CONFIGS and (best, 2) in CONFIGS  # VNNI levels too, where the CPU has them
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"{lv}-{t}thread" for lv, t in CONFIGS])

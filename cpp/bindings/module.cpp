@@ -104,9 +104,21 @@ PYBIND11_MODULE(_core, m) {
     set_interrupt_handler(python_interrupt_requested);
 
     m.def("simd_level", [] { return std::string(simd_level_name(simd_level())); },
-          "The active SIMD level: 'scalar', 'avx2' or 'avx512'.");
+          "The active SIMD level: 'scalar', 'avx2', 'avx2+vnni', 'avx512' or 'avx512+vnni'.");
     m.def("detected_simd_level", [] { return std::string(simd_level_name(detected_simd_level())); },
           "The best SIMD level this CPU supports.");
+    m.def("available_simd_levels", [] {
+              std::vector<std::string> names;
+              for (SimdLevel level : supported_simd_levels()) names.emplace_back(simd_level_name(level));
+              return names;
+          },
+          "Every SIMD level this CPU supports, scalar first (the order of preference).");
+    m.def("simd_levels", [] {
+              std::vector<std::string> names;
+              for (const SimdLevelInfo& info : simd_levels()) names.emplace_back(info.name);
+              return names;
+          },
+          "Every SIMD level this build knows, whether or not the CPU has it.");
     m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name.c_str())); },
           py::arg("level"), "Switch the active SIMD level (tests and benchmarks).");
     m.def("default_threads", &default_threads, "Threads used when num_threads is None.");

@@ -70,7 +70,7 @@ void QuantCols::quantize(const float* src, idx_t stride, idx_t n_cols, idx_t d, 
         for (idx_t c = c0; c < c1; ++c) {
             double st[3];
             auto* base = reinterpret_cast<std::uint8_t*>(blocks.data()) + (c / 16) * d4 * 64 + (c % 16) * 4;
-            K.quantize_row(src + c * stride, d, 63, 0, base, 64, &scale[c], st);
+            K.quantize_row(src + c * stride, d, K.i8_col_limit, 0, base, 64, &scale[c], st);
             std::int32_t qsum = 0;
             for (idx_t k = 0; k < d; ++k) qsum += static_cast<std::int8_t>(base[(k / 4) * 64 + (k % 4)]);
             corr[c] = 128 * qsum;

@@ -196,12 +196,7 @@ struct BetterPair {
 };
 
 /// Every SIMD level this CPU supports, scalar first.
-inline std::vector<mudg_fast::SimdLevel> available_levels() {
-    std::vector<mudg_fast::SimdLevel> v;
-    for (int l = 0; l <= static_cast<int>(mudg_fast::detected_simd_level()); ++l)
-        v.push_back(static_cast<mudg_fast::SimdLevel>(l));
-    return v;
-}
+inline std::vector<mudg_fast::SimdLevel> available_levels() { return mudg_fast::supported_simd_levels(); }
 
 /// Restores the active SIMD level when a test that switches levels ends (or fails).
 struct LevelGuard {

@@ -238,16 +238,24 @@ TEST(int8_screening_kernels_equal_scalar) {
     Rng rng(77);
     for (SimdLevel level : available_levels()) {
         const Kernels& K = kernels_for(level);
-        for (idx_t d4 : {1, 2, 5, 16})
+        const int lim = K.i8_col_limit;
+        CHECK(lim == 63 || lim == 127);
+        for (idx_t d4 : {1, 2, 5, 16, 256})
             for (idx_t n_rows : {1, 5, 6, 7, 13})
-                for (idx_t n_cols : {1, 15, 16, 17, 50}) {
-                    // rows: u8 q + 128 with |q| <= 127; columns: s8 with |q| <= 63 (the kernels' contract)
+                for (idx_t n_cols : {1, 15, 16, 17, 50, 64, 65, 113}) {
+                    if (d4 == 256 && n_rows * n_cols > 200) continue;  // d = 1024: a few extreme cases
+                    // rows: u8 q + 128 with |q| <= 127; columns: s8 with |q| <= the table's limit
                     const idx_t n_panels = (n_rows + kMr8 - 1) / kMr8;
                     Aligned<std::uint8_t> a(static_cast<std::size_t>(n_panels * d4 * 4 * kMr8), 128);
                     for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<std::uint8_t>(1 + rng.below(255));
                     Aligned<std::int8_t> b(static_cast<std::size_t>(n_blocks(n_cols) * d4 * 64));
                     for (std::size_t i = 0; i < b.size(); ++i)
-                        b[i] = static_cast<std::int8_t>(static_cast<int>(rng.below(127)) - 63);
+                        b[i] = static_cast<std::int8_t>(static_cast<int>(rng.below(2 * lim + 1)) - lim);
+                    if (d4 == 256) {  // the largest sums the contract allows: every product at its extreme
+                        for (std::size_t i = 0; i < a.size(); ++i) a[i] = i % 3 ? 255 : 1;
+                        for (std::size_t i = 0; i < b.size(); ++i)
+                            b[i] = static_cast<std::int8_t>(i % 5 ? lim : -lim);
+                    }
                     std::vector<float> rs(n_rows), cs(n_cols);
                     std::vector<std::int32_t> corr(n_cols);
                     for (auto& v : rs) v = static_cast<float>(rng.uniform() + 0.01);

@@ -39,20 +39,56 @@ struct InterruptScope {
 TEST(simd_levels_parse_and_switch) {
     CHECK(parse_simd_level("scalar") == SimdLevel::scalar);
     CHECK(parse_simd_level("avx2") == SimdLevel::avx2);
+    CHECK(parse_simd_level("avx2+vnni") == SimdLevel::avx2_vnni);
     CHECK(parse_simd_level("avx512") == SimdLevel::avx512);
-    CHECK_THROWS(parse_simd_level("sse9"), Error, "unknown SIMD level 'sse9': use one of scalar, avx2, avx512");
+    CHECK(parse_simd_level("avx512+vnni") == SimdLevel::avx512_vnni);
+    CHECK_THROWS(parse_simd_level("sse9"), Error,
+                 "unknown SIMD level 'sse9': use one of scalar, avx2, avx2+vnni, avx512, avx512+vnni");
     CHECK_THROWS(parse_simd_level(nullptr), Error, "unknown SIMD level ''");
-    CHECK_EQ(std::string(simd_level_name(SimdLevel::avx2)), std::string("avx2"));
+    CHECK_THROWS(parse_simd_level("avx512+"), Error, "unknown SIMD level 'avx512+'");
+    CHECK_THROWS(parse_simd_level("vnni+avx512"), Error, "unknown SIMD level 'vnni+avx512'");
+    for (const SimdLevelInfo& info : simd_levels()) {  // names round-trip
+        CHECK(parse_simd_level(info.name) == info.level);
+        CHECK_EQ(std::string(simd_level_name(info.level)), std::string(info.name));
+    }
     LevelGuard lg;
-    for (SimdLevel level : available_levels()) {
+    const std::vector<SimdLevel> levels = available_levels();
+    CHECK(!levels.empty() && levels.front() == SimdLevel::scalar);
+    CHECK(levels.back() == detected_simd_level());
+    for (SimdLevel level : levels) {
         set_simd_level(level);
         CHECK(simd_level() == level);
         CHECK(kernels().level == level);
         CHECK(&kernels() == &kernels_for(level));
+        // a VNNI table is its base table with the screening kernel swapped: the same fp32 kernels
+        const SimdLevelInfo& info = simd_level_info(level);
+        if (info.features & kSimdVnni) {
+            const Kernels& base = kernels_for(level == SimdLevel::avx2_vnni ? SimdLevel::avx2 : SimdLevel::avx512);
+            CHECK(kernels().scores == base.scores && kernels().topk == base.topk && kernels().mr == base.mr);
+            CHECK(kernels().i8_scores != base.i8_scores);
+            CHECK_EQ(kernels().i8_col_limit, 127);
+        }
     }
-    if (detected_simd_level() != SimdLevel::avx512)
-        CHECK_THROWS(set_simd_level(SimdLevel::avx512), Error, "this CPU does not support SIMD level 'avx512'");
-    CHECK(static_cast<int>(simd_level()) <= static_cast<int>(detected_simd_level()));
+    for (const SimdLevelInfo& info : simd_levels())
+        if (!simd_level_supported(info.level)) {
+            const std::string msg = "this CPU does not support SIMD level '" + std::string(info.name) + "'";
+            CHECK_THROWS(set_simd_level(info.level), Error, msg.c_str());
+        }
+}
+
+TEST(simd_caps_allow_the_named_instruction_sets_only) {
+    using L = SimdLevel;
+    const auto within = [](L l, L cap) { return simd_level_within(l, cap); };
+    for (const SimdLevelInfo& info : simd_levels()) {
+        CHECK(within(info.level, info.level));   // every level is within itself
+        CHECK(within(L::scalar, info.level));    // and scalar within every cap
+    }
+    CHECK(!within(L::avx2, L::scalar));
+    CHECK(within(L::avx2, L::avx512) && within(L::avx2, L::avx2_vnni) && within(L::avx2, L::avx512_vnni));
+    CHECK(!within(L::avx2_vnni, L::avx2) && !within(L::avx2_vnni, L::avx512));  // vnni must be named
+    CHECK(within(L::avx2_vnni, L::avx512_vnni));
+    CHECK(!within(L::avx512, L::avx2) && !within(L::avx512, L::avx2_vnni));
+    CHECK(!within(L::avx512_vnni, L::avx512) && !within(L::avx512_vnni, L::avx2_vnni));
 }
 
 TEST(parallel_for_covers_each_index_once_in_fixed_chunks) {

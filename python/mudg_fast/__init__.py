@@ -38,6 +38,7 @@ __all__ = [
     "simd_level",
     "set_simd_level",
     "detected_simd_level",
+    "available_simd_levels",
 ]
 
 
@@ -64,13 +65,21 @@ def __getattr__(name):
 
 
 def simd_level() -> str:
-    """The active SIMD level: 'scalar', 'avx2' or 'avx512' (cap it with MUDG_SIMD=...)."""
+    """The active SIMD level: 'scalar', 'avx2', 'avx2+vnni', 'avx512' or 'avx512+vnni' (a base
+    instruction set, '+vnni' when the int8 screening kernel uses the VNNI dot-product
+    instructions). MUDG_SIMD=<level> caps it: the best level the CPU supports whose base is no
+    higher than the cap's and whose features the cap names (MUDG_SIMD=avx512 keeps VNNI off)."""
     return _core.simd_level()
 
 
 def detected_simd_level() -> str:
     """The best SIMD level this CPU supports."""
     return _core.detected_simd_level()
+
+
+def available_simd_levels() -> list[str]:
+    """Every SIMD level this CPU supports, scalar first (the order of preference)."""
+    return list(_core.available_simd_levels())
 
 
 def set_simd_level(level: str) -> None:

@@ -4,7 +4,10 @@
 // result is identical to the plain fp32 search — only faster.
 //
 // Bound. Row x is stored as a * q_x + e_x (q_x in [-127, 127]), column c as b * q_c + e_c
-// (q_c in [-63, 63]); the approximation is z = a * b * <q_x, q_c> (integer dot, exact). Then
+// (q_c in [-L, L], L = Kernels::i8_col_limit: 63 where the kernel's vpmaddubsw pair sums must not
+// saturate, 127 for the VNNI and scalar kernels, whose int32 sums are exact); the approximation
+// is z = a * b * <q_x, q_c> (integer dot, exact: |<q_x, q_c>| <= 1024 * 127 * 127 < 2^24 for
+// d <= 1024, so it converts to float without rounding). The bound below holds for any L. Then
 //   |<x, c> - z| <= a |q_x| |e_c| + b |q_c| |e_x| + |e_x| |e_c|       (Cauchy-Schwarz)
 // and the fp32 chain differs from <x, c> by at most gamma_d |x| |c|, gamma_d = d u / (1 - d u),
 // u = 2^-24; the float evaluation of z adds at most 4 u a |q_x| b |q_c|. E(x) takes the maxima
@@ -40,7 +43,7 @@ struct QuantRows {
 
 struct QuantCols {
     idx_t n = 0, d4 = 0;
-    std::vector<std::int8_t> blocks;   ///< [blk][d4][16][4]
+    std::vector<std::int8_t> blocks;   ///< [blk][d4][16][4], |q| <= the active table's i8_col_limit
     std::vector<float> scale;          ///< b
     std::vector<std::int32_t> corr;    ///< 128 * sum(q)
     double qnorm_max = 0, resid_max = 0, norm_max = 0;

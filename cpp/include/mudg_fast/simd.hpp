@@ -8,19 +8,52 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "mudg_fast/common.hpp"
 
 namespace mudg_fast {
 
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
+/// A SIMD level names the instruction sets a kernel table may use: a base ISA, optionally with
+/// features, written "base+feature" ("avx512+vnni"). Within an architecture the enum order is the
+/// order of preference. Other architectures append their own levels (with their own base ranks
+/// and feature bits) to the enum and to the table in dispatch.cpp.
+///   scalar       portable C++, always available
+///   avx2         AVX2 + FMA + F16C
+///   avx2+vnni    avx2 plus AVX-VNNI (VEX vpdpbusd on ymm) for the int8 screening kernel
+///   avx512       AVX-512 F/BW/VL/DQ (and avx2's sets)
+///   avx512+vnni  avx512 plus AVX512-VNNI (vpdpbusd on zmm) for the int8 screening kernel
+enum class SimdLevel : int { scalar = 0, avx2 = 1, avx2_vnni = 2, avx512 = 3, avx512_vnni = 4 };
 
+/// Optional features a level adds to its base ISA (bit set).
+enum SimdFeature : unsigned { kSimdVnni = 1u << 0 };
+
+struct SimdLevelInfo {
+    SimdLevel level;
+    const char* name;      ///< "avx512+vnni"
+    const char* arch;      ///< "any" (scalar), "x86"
+    int rank;              ///< base ISA rank within its architecture: scalar 0, avx2 1, avx512 2
+    unsigned features;     ///< SimdFeature bits
+};
+
+/// Every level this build knows, in enum order.
+const std::vector<SimdLevelInfo>& simd_levels() noexcept;
+const SimdLevelInfo& simd_level_info(SimdLevel level) noexcept;
 const char* simd_level_name(SimdLevel level) noexcept;
-/// Parses "scalar" | "avx2" | "avx512"; throws Error otherwise.
+/// Parses a level name ("scalar", "avx2", "avx2+vnni", "avx512", "avx512+vnni"); throws Error otherwise.
 SimdLevel parse_simd_level(const char* name);
+/// Whether this CPU (and OS) can run the level.
+bool simd_level_supported(SimdLevel level) noexcept;
+/// The levels this CPU supports, in enum order (scalar first).
+std::vector<SimdLevel> supported_simd_levels();
+/// Whether `level` stays within `cap`: same architecture (or scalar), base rank <= the cap's, and
+/// features a subset of the cap's. So MUDG_SIMD=avx512 allows avx2 and avx512 but not
+/// avx512+vnni or avx2+vnni; MUDG_SIMD=avx512+vnni allows all five.
+bool simd_level_within(SimdLevel level, SimdLevel cap) noexcept;
 /// The best level this CPU (and OS) supports.
 SimdLevel detected_simd_level() noexcept;
-/// The active level: min(detected, MUDG_SIMD cap, set_simd_level()).
+/// The active level: the best supported level within the MUDG_SIMD cap, or the last
+/// set_simd_level().
 SimdLevel simd_level();
 /// Tests and benchmarks only: switch the active level. Throws Error if the CPU lacks it.
 void set_simd_level(SimdLevel level);
@@ -85,9 +118,12 @@ struct Kernels {
     // --- int8 screening (see screen.hpp): approximate scores, then exact fp32 re-scoring ------
     /// Whether exact searches screen with int8 at this level by default (faster than fp32 tiles).
     bool screening;
+    /// Largest |q| of the s8 screening columns i8_scores accepts: 63 for the AVX2 kernel (its
+    /// vpmaddubsw pair sums saturate at 2^15), 127 for the scalar and VNNI kernels (exact int32).
+    int i8_col_limit;
     /// out[r * ld + c] = float(S_rc - col_corr[c]) * (row_scale[r] * col_scale[c]) where S_rc is
     /// the int32 dot product of u8 row r (panels of kMr8 rows: a[p][d4][kMr8][4]) and s8 column c
-    /// (blocks of 16: b[blk][d4][16][4]).
+    /// (blocks of 16: b[blk][d4][16][4], |q| <= i8_col_limit).
     void (*i8_scores)(const std::uint8_t* a, idx_t n_rows, const std::int8_t* b, idx_t n_cols, idx_t d4,
                       const float* row_scale, const float* col_scale, const std::int32_t* col_corr, float* out,
                       idx_t ld);
@@ -117,6 +153,8 @@ const Kernels& kernels_for(SimdLevel level);
 namespace scalar { const Kernels& table(); }
 namespace avx2 { const Kernels& table(); }
 namespace avx512 { const Kernels& table(); }
+namespace avx2_vnni { const Kernels& table(); }
+namespace avx512_vnni { const Kernels& table(); }
 
 /// Packs n rows (src + i*stride, or src + ids[i]*stride when ids) into ceil(n/mr) A panels:
 /// out[p*mr*d + k*mr + r]; padding rows are zero. When `scale` is given, element k is multiplied

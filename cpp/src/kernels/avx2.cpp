@@ -1,5 +1,5 @@
 // AVX2 + FMA kernels: 6x16 tiles (12 ymm accumulators). Built with -mavx2 -mfma -mf16c only.
-#include <immintrin.h>
+#include "isa_intrinsics.hpp"
 
 #include <cstdint>
 #include <cmath>
@@ -62,7 +62,7 @@ struct Isa {
 
 
 const Kernels kTable = {SimdLevel::avx2, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          true, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
+                          true, 63, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 

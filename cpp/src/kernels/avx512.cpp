@@ -1,6 +1,6 @@
 // AVX-512 kernels: 12x32 tiles (24 zmm accumulators). Built with AVX-512 F/BW/VL/DQ flags only.
 // Shares tile_impl.hpp with the AVX2 file; only the vector traits below differ.
-#include <immintrin.h>
+#include "isa_intrinsics.hpp"
 
 #include <cstdint>
 #include <cmath>
@@ -57,7 +57,7 @@ struct Isa {
 
 
 const Kernels kTable = {SimdLevel::avx512, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
+                          false, 63, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 

@@ -1,4 +1,8 @@
 // Detects the CPU once, honours MUDG_SIMD, and hands out the kernel table.
+//
+// Levels are "base[+feature]" (see simd.hpp). MUDG_SIMD names a cap: the active level is the best
+// level the CPU supports whose base is no higher than the cap's and whose features are all named
+// by the cap (MUDG_SIMD=avx512 keeps VNNI off; MUDG_SIMD=avx512+vnni allows everything on x86).
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -6,39 +10,131 @@
 
 #include "mudg_fast/simd.hpp"
 
+#if defined(MUDG_X86) && (defined(__GNUC__) || defined(__clang__)) && !defined(MUDG_SIMDE)
+#include <cpuid.h>
+#define MUDG_X86_DETECT 1
+#endif
+
 namespace mudg_fast {
 
-const char* simd_level_name(SimdLevel level) noexcept {
-    switch (level) {
-        case SimdLevel::scalar: return "scalar";
-        case SimdLevel::avx2: return "avx2";
-        case SimdLevel::avx512: return "avx512";
-    }
-    return "unknown";
+const std::vector<SimdLevelInfo>& simd_levels() noexcept {
+    static const std::vector<SimdLevelInfo> levels = {
+        {SimdLevel::scalar, "scalar", "any", 0, 0},
+        {SimdLevel::avx2, "avx2", "x86", 1, 0},
+        {SimdLevel::avx2_vnni, "avx2+vnni", "x86", 1, kSimdVnni},
+        {SimdLevel::avx512, "avx512", "x86", 2, 0},
+        {SimdLevel::avx512_vnni, "avx512+vnni", "x86", 2, kSimdVnni},
+    };
+    return levels;
 }
+
+const SimdLevelInfo& simd_level_info(SimdLevel level) noexcept {
+    for (const SimdLevelInfo& info : simd_levels())
+        if (info.level == level) return info;
+    return simd_levels().front();
+}
+
+const char* simd_level_name(SimdLevel level) noexcept { return simd_level_info(level).name; }
 
 SimdLevel parse_simd_level(const char* name) {
     const std::string s = name ? name : "";
-    if (s == "scalar") return SimdLevel::scalar;
-    if (s == "avx2") return SimdLevel::avx2;
-    if (s == "avx512") return SimdLevel::avx512;
-    MUDG_CHECK(false, "unknown SIMD level '%s': use one of scalar, avx2, avx512", s.c_str());
+    std::string all;
+    for (const SimdLevelInfo& info : simd_levels()) {
+        if (s == info.name) return info.level;
+        all += (all.empty() ? "" : ", ") + std::string(info.name);
+    }
+    MUDG_CHECK(false, "unknown SIMD level '%s': use one of %s", s.c_str(), all.c_str());
 }
 
-SimdLevel detected_simd_level() noexcept {
-#if defined(MUDG_X86) && (defined(__GNUC__) || defined(__clang__))
-    static const SimdLevel level = [] {
+bool simd_level_within(SimdLevel level, SimdLevel cap) noexcept {
+    const SimdLevelInfo &l = simd_level_info(level), &c = simd_level_info(cap);
+    if (l.level == SimdLevel::scalar) return true;
+    return std::strcmp(l.arch, c.arch) == 0 && l.rank <= c.rank && (l.features & ~c.features) == 0;
+}
+
+namespace {
+
+/// Bit set of the levels this CPU and OS can run (bit i: SimdLevel i).
+unsigned supported_mask() noexcept {
+#if defined(MUDG_SIMDE)
+    // The SIMDe test build emulates every instruction set in portable code: every level it built
+    // runs.
+    static const unsigned mask = [] {
+        unsigned m = 0;
+        for (const SimdLevelInfo& info : simd_levels()) m |= 1u << static_cast<int>(info.level);
+#if !defined(MUDG_HAVE_AVX2_VNNI)
+        m &= ~(1u << static_cast<int>(SimdLevel::avx2_vnni));
+#endif
+#if !defined(MUDG_HAVE_AVX512_VNNI)
+        m &= ~(1u << static_cast<int>(SimdLevel::avx512_vnni));
+#endif
+        return m;
+    }();
+    return mask;
+#elif defined(MUDG_X86_DETECT)
+    static const unsigned mask = [] {
         __builtin_cpu_init();
+        // __builtin_cpu_supports also checks that the OS saves the YMM / ZMM state (XGETBV).
         const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-        // F16C is present on every CPU with AVX2 that has shipped; the AVX2 table relies on it.
-        return avx512 ? SimdLevel::avx512 : avx2 ? SimdLevel::avx2 : SimdLevel::scalar;
-    }();
-    return level;
-#else
-    return SimdLevel::scalar;
+        // The VNNI bits straight from CPUID (older compilers do not know "avxvnni"): AVX512-VNNI is
+        // leaf 7 subleaf 0 ECX bit 11, AVX-VNNI leaf 7 subleaf 1 EAX bit 4. Both use state the
+        // base checks above already verified.
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        bool vnni512 = false, vnni256 = false;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+            vnni512 = (c >> 11) & 1u;
+            if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) vnni256 = (a >> 4) & 1u;
+        }
+        // F16C is present on every CPU with AVX2 that has shipped; the AVX2 tables rely on it.
+        unsigned m = 1u << static_cast<int>(SimdLevel::scalar);
+        if (avx2) m |= 1u << static_cast<int>(SimdLevel::avx2);
+        if (avx512) m |= 1u << static_cast<int>(SimdLevel::avx512);
+#if defined(MUDG_HAVE_AVX2_VNNI)
+        if (avx2 && vnni256) m |= 1u << static_cast<int>(SimdLevel::avx2_vnni);
 #endif
+#if defined(MUDG_HAVE_AVX512_VNNI)
+        if (avx512 && vnni512) m |= 1u << static_cast<int>(SimdLevel::avx512_vnni);
+#endif
+        return m;
+    }();
+    return mask;
+#else
+    return 1u << static_cast<int>(SimdLevel::scalar);
+#endif
+}
+
+}  // namespace
+
+bool simd_level_supported(SimdLevel level) noexcept {
+    return (supported_mask() >> static_cast<int>(level)) & 1u;
+}
+
+std::vector<SimdLevel> supported_simd_levels() {
+    std::vector<SimdLevel> v;
+    for (const SimdLevelInfo& info : simd_levels())
+        if (simd_level_supported(info.level)) v.push_back(info.level);
+    return v;
+}
+
+namespace {
+
+/// The best supported level within `cap` (enum order is preference order).
+SimdLevel best_within(SimdLevel cap) noexcept {
+    SimdLevel best = SimdLevel::scalar;
+    for (const SimdLevelInfo& info : simd_levels())
+        if (simd_level_supported(info.level) && simd_level_within(info.level, cap)) best = info.level;
+    return best;
+}
+
+}  // namespace
+
+SimdLevel detected_simd_level() noexcept {
+    SimdLevel best = SimdLevel::scalar;
+    for (const SimdLevelInfo& info : simd_levels())
+        if (simd_level_supported(info.level)) best = info.level;
+    return best;
 }
 
 namespace {
@@ -46,7 +142,13 @@ namespace {
 const Kernels& table_of(SimdLevel level) {
     switch (level) {
 #if defined(MUDG_X86)
+#if defined(MUDG_HAVE_AVX512_VNNI)
+        case SimdLevel::avx512_vnni: return avx512_vnni::table();
+#endif
         case SimdLevel::avx512: return avx512::table();
+#if defined(MUDG_HAVE_AVX2_VNNI)
+        case SimdLevel::avx2_vnni: return avx2_vnni::table();
+#endif
         case SimdLevel::avx2: return avx2::table();
 #endif
         default: return scalar::table();
@@ -57,10 +159,8 @@ std::atomic<const Kernels*> g_active{nullptr};
 
 const Kernels* initial_table() {
     SimdLevel level = detected_simd_level();
-    if (const char* cap = std::getenv("MUDG_SIMD"); cap && *cap) {
-        const SimdLevel requested = parse_simd_level(cap);  // throws on a bad value
-        if (static_cast<int>(requested) < static_cast<int>(level)) level = requested;
-    }
+    if (const char* cap = std::getenv("MUDG_SIMD"); cap && *cap)
+        level = best_within(parse_simd_level(cap));  // throws on a bad value
     return &table_of(level);
 }
 
@@ -77,9 +177,8 @@ const Kernels& kernels() {
 }
 
 const Kernels& kernels_for(SimdLevel level) {
-    MUDG_CHECK(static_cast<int>(level) <= static_cast<int>(detected_simd_level()),
-               "this CPU does not support SIMD level '%s' (best available: '%s')", simd_level_name(level),
-               simd_level_name(detected_simd_level()));
+    MUDG_CHECK(simd_level_supported(level), "this CPU does not support SIMD level '%s' (best available: '%s')",
+               simd_level_name(level), simd_level_name(detected_simd_level()));
     return table_of(level);
 }
 

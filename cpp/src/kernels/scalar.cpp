@@ -154,7 +154,7 @@ void k_encode_sq4(const float* blk, idx_t d, const float* mids, std::uint8_t* ou
 }
 
 const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
+                          false, 127, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
 
 }  // namespace
 
