@@ -9,12 +9,14 @@
 #include <algorithm>
 #include <cstring>
 
+#include "mudg_fast/coarse_quantizer.hpp"
 #include "mudg_fast/ivf.hpp"
 
 namespace mudg_fast {
 
 namespace {
 constexpr std::uint32_t kTagMetadata = fourcc("META");
+constexpr std::uint32_t kTagQuantizer = fourcc("CQTL");  // the two-level coarse quantizer
 }  // namespace
 
 void IvfIndex::set_metadata(std::string text) {
@@ -27,6 +29,7 @@ std::vector<IvfExtension> IvfIndex::extension_records() const {
     std::vector<IvfExtension> out = unknown_extensions_;
     if (!metadata_.empty())
         out.push_back({kTagMetadata, false, std::vector<std::uint8_t>(metadata_.begin(), metadata_.end())});
+    if (quantizer_) out.push_back({kTagQuantizer, true, quantizer_->serialize()});
     std::sort(out.begin(), out.end(), [](const IvfExtension& a, const IvfExtension& b) { return a.tag < b.tag; });
     for (std::size_t i = 1; i < out.size(); ++i) MUDG_ASSERT(out[i - 1].tag != out[i].tag);
     return out;
@@ -36,6 +39,12 @@ bool IvfIndex::apply_extension(const IvfExtension& rec) {
     if (rec.tag == kTagMetadata) {
         MUDG_CHECK(!rec.required, "the metadata record is marked required");
         set_metadata(std::string(rec.payload.begin(), rec.payload.end()));
+        return true;
+    }
+    if (rec.tag == kTagQuantizer) {
+        MUDG_CHECK(rec.required, "the quantizer record is not marked required");
+        quantizer_ = std::make_unique<TwoLevelQuantizer>(
+            TwoLevelQuantizer::deserialize(rec.payload, MatrixView<const float>(centroids_.data(), nlist_, dim_)));
         return true;
     }
     if (rec.required) return false;

@@ -34,7 +34,8 @@
 //     length, the payload, zero padding to a multiple of 8. A reader refuses a required record
 //     it does not know (it changes how vectors are assigned or encoded) and keeps other unknown
 //     records as they are. Known records: META (optional) user metadata, UTF-8 text (JSON from
-//     the Python layer).
+//     the Python layer); CQTL (required) the two-level coarse quantizer: cell centres, the cell
+//     of every centroid and the cells scanned per vector (layout in coarse_quantizer.cpp).
 //   List data: for each list, ceil(size/16) code blocks (the in-memory block layout, see
 //     simd.hpp) starting on a 64-byte boundary, then `size` int64 ids on an 8-byte boundary;
 //     the gaps before the code blocks and before the ids are zero. The last list's ids end
