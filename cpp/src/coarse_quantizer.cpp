@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 
 #include "mudg_fast/kmeans.hpp"
 #include "mudg_fast/parallel.hpp"
@@ -42,27 +43,50 @@ int TwoLevelQuantizer::default_probe(idx_t cells) noexcept {
     return static_cast<int>(std::min<idx_t>(cells, std::max<idx_t>(8, (cells + 15) / 16)));
 }
 
+struct TwoLevelQuantizer::Panels {
+    int mr = 0;
+    std::vector<idx_t> offset;  // cell s: its panels start at data[offset[s]]; the cell centres' at offset[cells]
+    std::vector<float> storage;
+    float* data = nullptr;      // 64-byte aligned
+};
+
+struct TwoLevelQuantizer::Cache {
+    std::mutex mutex;
+    std::shared_ptr<const Panels> panels;
+};
+
 TwoLevelQuantizer::TwoLevelQuantizer(MatrixView<const float> centroids, std::vector<float> centres,
                                      std::vector<std::int32_t> cell_of, int probe)
     : dim_(centroids.cols), nlist_(centroids.rows), cells_(static_cast<idx_t>(centres.size()) / centroids.cols),
-      probe_(probe), centres_(std::move(centres)), cell_of_(std::move(cell_of)) {
+      probe_(probe), centres_(std::move(centres)), cell_of_(std::move(cell_of)), cache_(std::make_shared<Cache>()) {
     MUDG_ASSERT(static_cast<idx_t>(cell_of_.size()) == nlist_);
-    const idx_t d = dim_;
     start_.assign(static_cast<std::size_t>(cells_ + 1), 0);
     for (idx_t j = 0; j < nlist_; ++j) ++start_[cell_of_[j] + 1];
     for (idx_t s = 0; s < cells_; ++s) start_[s + 1] += start_[s];
     members_.resize(static_cast<std::size_t>(nlist_));
-    {
-        std::vector<idx_t> fill(start_.begin(), start_.end() - 1);
-        for (idx_t j = 0; j < nlist_; ++j) members_[fill[cell_of_[j]]++] = j;
-    }
-    block_start_.assign(static_cast<std::size_t>(cells_ + 1), 0);
-    for (idx_t s = 0; s < cells_; ++s) block_start_[s + 1] = block_start_[s] + n_blocks(start_[s + 1] - start_[s]);
-    packed_.resize(static_cast<std::size_t>(block_start_[cells_] * kBlock * d) * sizeof(float));
-    float* out = reinterpret_cast<float*>(packed_.data());
-    for (idx_t s = 0; s < cells_; ++s)
-        kernels().pack_blocks_f32(centroids.data, centroids.stride, members_.data() + start_[s], start_[s + 1] - start_[s],
-                                  d, out + block_start_[s] * kBlock * d);
+    std::vector<idx_t> fill(start_.begin(), start_.end() - 1);
+    for (idx_t j = 0; j < nlist_; ++j) members_[fill[cell_of_[j]]++] = j;
+    panels(centroids);  // for the active SIMD level
+}
+
+std::shared_ptr<const TwoLevelQuantizer::Panels> TwoLevelQuantizer::panels(MatrixView<const float> centroids) const {
+    const int mr = kernels().mr;
+    std::lock_guard<std::mutex> lock(cache_->mutex);
+    if (cache_->panels && cache_->panels->mr == mr) return cache_->panels;
+    auto p = std::make_shared<Panels>();
+    p->mr = mr;
+    p->offset.assign(static_cast<std::size_t>(cells_ + 1), 0);
+    for (idx_t s = 0; s < cells_; ++s) p->offset[s + 1] = p->offset[s] + packed_rows_size(start_[s + 1] - start_[s], dim_, mr);
+    p->storage.resize(static_cast<std::size_t>(p->offset[cells_] + packed_rows_size(cells_, dim_, mr) + 16));
+    p->data = align64(p->storage.data());
+    pack_rows(centres_.data(), dim_, nullptr, cells_, dim_, mr, nullptr, p->data + p->offset[cells_]);
+    parallel_for(cells_, 16, 0, [&](idx_t s0, idx_t s1, int) {
+        for (idx_t s = s0; s < s1; ++s)
+            pack_rows(centroids.data, centroids.stride, members_.data() + start_[s], start_[s + 1] - start_[s], dim_, mr,
+                      nullptr, p->data + p->offset[s]);
+    });
+    cache_->panels = p;
+    return p;
 }
 
 TwoLevelQuantizer TwoLevelQuantizer::train(MatrixView<const float> centroids, idx_t cells, int probe,
@@ -109,36 +133,104 @@ double TwoLevelQuantizer::expected_scores() const {
     return static_cast<double>(cells_) + std::min<double>(static_cast<double>(nlist_), probe_ * seen);
 }
 
-void TwoLevelQuantizer::search(MatrixView<const float> q, int k, MatrixView<float> out_s, MatrixView<idx_t> out_i,
-                               int n_threads) const {
+namespace {
+
+/// Per-thread best-k state of a batch: a running best for k == 1, heaps otherwise; both under
+/// the total order (score, then lower id).
+struct BestK {
+    int k = 1;
+    std::vector<float> best;
+    std::vector<idx_t> best_id;
+    TopkHeaps heaps;
+    bool used = false;
+    void reset(idx_t nq, int kk) {
+        k = kk;
+        if (k == 1) {
+            best.assign(static_cast<std::size_t>(nq), kNegInf);
+            best_id.assign(static_cast<std::size_t>(nq), -1);
+        } else {
+            heaps.reset(nq, k);
+        }
+        used = true;
+    }
+    void push(idx_t qi, float s, idx_t id) {
+        if (k != 1) {
+            heaps.push(qi, s, id);
+        } else if (best_id[qi] < 0 || TopkHeaps::better(s, id, best[qi], best_id[qi])) {
+            best[qi] = s;
+            best_id[qi] = id;
+        }
+    }
+    void merge_from(const BestK& o, idx_t nq, int n_threads) {
+        if (k == 1) {
+            for (idx_t i = 0; i < nq; ++i)
+                if (o.best_id[i] >= 0) push(i, o.best[i], o.best_id[i]);
+            return;
+        }
+        parallel_for(nq, 256, n_threads, [&](idx_t r0, idx_t r1, int) {
+            for (idx_t r = r0; r < r1; ++r) heaps.merge_row(r, o.heaps, r);
+        });
+    }
+};
+
+constexpr idx_t kSlab = 240;  // centroid rows per kernel call: the score slab stays in L2
+
+}  // namespace
+
+void TwoLevelQuantizer::search(MatrixView<const float> centroids, MatrixView<const float> q, int k,
+                               MatrixView<float> out_s, MatrixView<idx_t> out_i, int n_threads) const {
     MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
     MUDG_CHECK(q.cols == dim_, "vectors have %lld dimensions, the quantizer %lld", (long long)q.cols, (long long)dim_);
+    MUDG_ASSERT(centroids.rows == nlist_ && centroids.cols == dim_);
     const idx_t d = dim_;
     const int probe = static_cast<int>(std::min<idx_t>(probe_, cells_));
     const int kk = static_cast<int>(std::min<idx_t>(k, nlist_));
     const Kernels& K = kernels();
-    const int mr = K.mr;
-    const float* packed = reinterpret_cast<const float*>(packed_.data());
-    std::vector<float> cs;
+    const std::shared_ptr<const Panels> P = panels(centroids);
+    const idx_t slab = kSlab / K.mr * K.mr;
     std::vector<idx_t> ci, cstart, qlist;
     for (idx_t q0 = 0; q0 < q.rows; q0 += kQueryChunk) {
         const idx_t nq = std::min(kQueryChunk, q.rows - q0);
         const MatrixView<const float> qc(q.row(q0), nq, d, q.stride);
-        // 1. The probe best cells of each query (exact, over the cell centres).
-        cs.resize(static_cast<std::size_t>(nq * probe));
+        // 1. The probe best cells of each query (exact, over the cell centres; ties to the lower
+        //    cell): the centres are the kernels' rows, a group of queries its columns.
         ci.resize(static_cast<std::size_t>(nq * probe));
-        exact_search(MatrixView<const float>(centres_.data(), cells_, d), qc, probe,
-                     MatrixView<float>(cs.data(), nq, probe), MatrixView<idx_t>(ci.data(), nq, probe), n_threads);
+        const idx_t group = std::max<idx_t>(kBlock, std::min<idx_t>(kRowGroup, (idx_t{1} << 20) / cells_ / kBlock * kBlock));
+        parallel_for(nq, group, n_threads, [&](idx_t c0, idx_t c1, int) {
+            const idx_t cols = c1 - c0;
+            std::vector<float> qbuf(static_cast<std::size_t>(n_blocks(cols) * kBlock * d + 16)),
+                sc(static_cast<std::size_t>(cells_ * cols)), v(static_cast<std::size_t>(cells_));
+            std::vector<idx_t> order(static_cast<std::size_t>(cells_));
+            float* qb = align64(qbuf.data());
+            K.pack_blocks_f32(qc.row(c0), qc.stride, nullptr, cols, d, qb);
+            for (idx_t r0 = 0; r0 < cells_; r0 += slab) {
+                TileArgs t;
+                t.a = P->data + P->offset[cells_] + r0 * d;
+                t.n_rows = std::min(slab, cells_ - r0);
+                t.b = qb;
+                t.n_cols = cols;
+                t.d = d;
+                K.scores(t, sc.data() + r0 * cols, cols);
+            }
+            for (idx_t c = 0; c < cols; ++c) {
+                for (idx_t j = 0; j < cells_; ++j) {
+                    const float x = sc[j * cols + c];
+                    v[j] = x == x ? x : kNegInf;  // NaN (overflowed inputs) ranks last
+                    order[j] = j;
+                }
+                std::partial_sort(order.begin(), order.begin() + probe, order.end(),
+                                  [&](idx_t a, idx_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+                std::copy(order.begin(), order.begin() + probe, ci.begin() + (c0 + c) * probe);
+            }
+        });
         // 2. Cell-major: the queries of every cell, ascending.
         cstart.assign(static_cast<std::size_t>(cells_ + 1), 0);
-        for (idx_t i = 0; i < nq * probe; ++i)
-            if (ci[i] >= 0) ++cstart[ci[i] + 1];
+        for (idx_t i = 0; i < nq * probe; ++i) ++cstart[ci[i] + 1];
         for (idx_t s = 0; s < cells_; ++s) cstart[s + 1] += cstart[s];
         qlist.resize(static_cast<std::size_t>(cstart[cells_]));
         {
             std::vector<idx_t> fill(cstart.begin(), cstart.end() - 1);
-            for (idx_t i = 0; i < nq * probe; ++i)
-                if (ci[i] >= 0) qlist[fill[ci[i]]++] = i / probe;
+            for (idx_t i = 0; i < nq * probe; ++i) qlist[fill[ci[i]]++] = i / probe;
         }
         struct Item { idx_t cell, r0, r1; double cost; };
         std::vector<Item> items;
@@ -152,69 +244,62 @@ void TwoLevelQuantizer::search(MatrixView<const float> q, int k, MatrixView<floa
         }
         std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 
-        // 3. Every (cell, row group) scored by the tile kernels into per-thread state; the
-        //    states merge under the total order, so the split over threads cannot matter.
+        // 3. Every (cell, query group): the cell's centroids are the kernel's rows, the queries its
+        //    columns; each query's best among the column's scores goes into per-thread state.
+        //    The states merge under the total order, so the split over threads cannot matter.
         const int nt = effective_threads(static_cast<idx_t>(items.size()), 1, n_threads);
-        struct State {
-            std::vector<float> best;     // k == 1
-            std::vector<idx_t> best_id;
-            TopkHeaps heaps;             // k > 1
-            std::vector<float> panel, lanes, lbest, thr;
-            std::vector<idx_t> lid;
-            bool used = false;
-        };
-        std::vector<State> st(nt);
+        std::vector<BestK> st(nt);
+        std::vector<std::vector<float>> blocks(nt), scores(nt);
         parallel_for(static_cast<idx_t>(items.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
-            State& S = st[tid];
+            BestK& S = st[tid];
             if (!S.used) {
-                if (kk == 1) {
-                    S.best.assign(static_cast<std::size_t>(nq), kNegInf);
-                    S.best_id.assign(static_cast<std::size_t>(nq), -1);
-                    S.lanes.resize(static_cast<std::size_t>(32 * ((kRowGroup + mr - 1) / mr * mr)));
-                    S.lbest.resize(kRowGroup);
-                    S.lid.resize(kRowGroup);
-                } else {
-                    S.heaps.reset(nq, kk);
-                    S.thr.resize(kRowGroup);
-                }
-                S.panel.resize(static_cast<std::size_t>(packed_rows_size(kRowGroup, d, mr) + 16));
-                S.used = true;
+                S.reset(nq, kk);
+                blocks[tid].resize(static_cast<std::size_t>(n_blocks(kRowGroup) * kBlock * d + 16));
+                scores[tid].resize(static_cast<std::size_t>(slab * kRowGroup));
             }
+            float* qb = align64(blocks[tid].data());
+            float* sc = scores[tid].data();
+            std::vector<float> cb(kRowGroup);   // per column: best score / heap threshold
+            std::vector<idx_t> cr(kRowGroup);   // per column: best row
             for (idx_t w = b; w < e; ++w) {
                 const Item& it = items[w];
-                const idx_t rows = it.r1 - it.r0, s = it.cell;
+                const idx_t cols = it.r1 - it.r0, s = it.cell, size = start_[s + 1] - start_[s];
                 const idx_t* qids = qlist.data() + cstart[s] + it.r0;
-                float* a = align64(S.panel.data());
-                pack_rows(qc.data, qc.stride, qids, rows, d, mr, nullptr, a);
-                TileArgs t;
-                t.a = a;
-                t.n_rows = rows;
-                t.b = packed + block_start_[s] * kBlock * d;
-                t.n_cols = start_[s + 1] - start_[s];
-                t.d = d;
                 const idx_t* ids = members_.data() + start_[s];
-                if (kk == 1) {
-                    std::fill(S.lbest.begin(), S.lbest.begin() + rows, kNegInf);
-                    std::fill(S.lid.begin(), S.lid.begin() + rows, idx_t{-1});
-                    K.argmax(t, 0, S.lbest.data(), S.lid.data(), S.lanes.data());
-                    for (idx_t r = 0; r < rows; ++r) {
-                        if (S.lid[r] < 0) continue;
-                        const idx_t qi = qids[r], id = ids[S.lid[r]];
-                        const float v = S.lbest[r];
-                        if (TopkHeaps::better(v, id, S.best[qi], S.best_id[qi] < 0 ? std::numeric_limits<idx_t>::max()
-                                                                                     : S.best_id[qi])) {
-                            S.best[qi] = v;
-                            S.best_id[qi] = id;
+                K.pack_blocks_f32(qc.data, qc.stride, qids, cols, d, qb);
+                for (idx_t r0 = 0; r0 < size; r0 += slab) {
+                    const idx_t rows = std::min(slab, size - r0);
+                    TileArgs t;
+                    t.a = P->data + P->offset[s] + r0 * d;  // panels of mr rows: r0 is a multiple of mr
+                    t.n_rows = rows;
+                    t.b = qb;
+                    t.n_cols = cols;
+                    t.d = d;
+                    K.scores(t, sc, cols);
+                    if (kk == 1) {  // best row of each column, the first on ties (= the lowest id)
+                        std::fill(cb.begin(), cb.begin() + cols, kNegInf);
+                        std::fill(cr.begin(), cr.begin() + cols, idx_t{-1});
+                        for (idx_t r = 0; r < rows; ++r) {
+                            const float* row = sc + r * cols;
+                            for (idx_t c = 0; c < cols; ++c)
+                                if (row[c] > cb[c]) {
+                                    cb[c] = row[c];
+                                    cr[c] = r;
+                                }
+                        }
+                        for (idx_t c = 0; c < cols; ++c)
+                            if (cr[c] >= 0) S.push(qids[c], cb[c], ids[r0 + cr[c]]);
+                    } else {
+                        for (idx_t c = 0; c < cols; ++c) cb[c] = S.heaps.threshold(qids[c]);
+                        for (idx_t r = 0; r < rows; ++r) {
+                            const float* row = sc + r * cols;
+                            for (idx_t c = 0; c < cols; ++c)
+                                if (row[c] >= cb[c]) {
+                                    S.heaps.push(qids[c], row[c], ids[r0 + r]);
+                                    cb[c] = S.heaps.threshold(qids[c]);
+                                }
                         }
                     }
-                } else {
-                    for (idx_t r = 0; r < rows; ++r) S.thr[r] = S.heaps.threshold(qids[r]);
-                    HeapSink ctx;
-                    ctx.heaps = &S.heaps;
-                    ctx.call_thresholds = S.thr.data();
-                    ctx.row_map = qids;
-                    ctx.col_ids = ids;
-                    K.topk(t, S.thr.data(), HeapSink::sink, &ctx);
                 }
             }
         });
@@ -226,20 +311,7 @@ void TwoLevelQuantizer::search(MatrixView<const float> q, int k, MatrixView<floa
                 first = t;
                 continue;
             }
-            State& dst = st[first];
-            const State& src = st[t];
-            if (kk == 1) {
-                for (idx_t i = 0; i < nq; ++i)
-                    if (src.best_id[i] >= 0 &&
-                        (dst.best_id[i] < 0 || TopkHeaps::better(src.best[i], src.best_id[i], dst.best[i], dst.best_id[i]))) {
-                        dst.best[i] = src.best[i];
-                        dst.best_id[i] = src.best_id[i];
-                    }
-            } else {
-                parallel_for(nq, 256, n_threads, [&](idx_t r0, idx_t r1, int) {
-                    for (idx_t r = r0; r < r1; ++r) dst.heaps.merge_row(r, src.heaps, r);
-                });
-            }
+            st[first].merge_from(st[t], nq, n_threads);
         }
         for (idx_t i = 0; i < nq; ++i) {
             float* os = out_s.row(q0 + i);
@@ -250,9 +322,10 @@ void TwoLevelQuantizer::search(MatrixView<const float> q, int k, MatrixView<floa
             }
             if (first < 0) continue;
             if (kk == 1) {
-                os[0] = st[first].best[i];
-                oi[0] = st[first].best_id[i];
-                if (oi[0] < 0) os[0] = kNegInf;
+                if (st[first].best_id[i] >= 0) {
+                    os[0] = st[first].best[i];
+                    oi[0] = st[first].best_id[i];
+                }
             } else {
                 st[first].heaps.extract(i, os, oi);
             }

@@ -158,7 +158,7 @@ void IvfIndex::coarse_search(MatrixView<const float> x, int k, MatrixView<float>
     MUDG_CHECK(has_centroids(), "the index has no centroids: train it first");
     MUDG_CHECK(x.cols == dim_, "vectors have %lld dimensions, the index %lld", (long long)x.cols, (long long)dim_);
     if (quantizer_) {
-        quantizer_->search(x, k, out_s, out_l, n_threads);
+        quantizer_->search(MatrixView<const float>(centroids_.data(), nlist_, dim_), x, k, out_s, out_l, n_threads);
         return;
     }
     const MatrixView<const float> cent(centroids_.data(), nlist_, dim_);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "mudg_fast/common.hpp"
@@ -28,9 +29,10 @@ inline constexpr idx_t kTwoLevelQuantizerMinNlist = 4;
 /// of an IVF index (its nprobe = probe).
 ///
 /// Batches are scanned cell-major: the vectors probing a cell are scored against its centroids by
-/// the tile kernels (packed once per quantizer), so every centroid is read once per batch.
+/// the tile kernels, so every centroid is read once per batch (the centroids are the kernels'
+/// row panels, packed once per SIMD level; the vectors are packed into column blocks per cell).
 /// Results are bit-identical at any thread count and SIMD level (fixed chunks, the total order
-/// (score, then lower centroid id)).
+/// (score, then lower centroid id)). Several threads may search at once.
 class TwoLevelQuantizer {
 public:
     /// Trains a quantizer for `centroids` [nlist x d]: `cells` in [1, nlist] (nlist >=
@@ -56,8 +58,9 @@ public:
 
     /// Top-k centroids of each query among those of its `probe` best cells: out [q.rows x k],
     /// best first, padded with (-inf, -1) when fewer are scanned. Scores are inner products.
-    void search(MatrixView<const float> q, int k, MatrixView<float> out_scores, MatrixView<idx_t> out_ids,
-                int n_threads = 0) const;
+    /// `centroids` are the ones the quantizer was trained for (the owner keeps them).
+    void search(MatrixView<const float> centroids, MatrixView<const float> q, int k, MatrixView<float> out_scores,
+                MatrixView<idx_t> out_ids, int n_threads = 0) const;
 
     /// The state as an extension record payload (see coarse_quantizer.cpp), and back: `centroids`
     /// are the index's; throws Error for a malformed or inconsistent payload.
@@ -68,13 +71,16 @@ private:
     TwoLevelQuantizer(MatrixView<const float> centroids, std::vector<float> centres, std::vector<std::int32_t> cell_of,
                       int probe);
 
+    struct Panels;  // every cell's centroids as row panels of the kernels' height
+    struct Cache;   // the Panels of the active SIMD level, built on first use
+    std::shared_ptr<const Panels> panels(MatrixView<const float> centroids) const;
+
     idx_t dim_ = 0, nlist_ = 0, cells_ = 0;
     int probe_ = 1;
     std::vector<float> centres_;          // [cells x dim]
     std::vector<std::int32_t> cell_of_;   // [nlist]
     std::vector<idx_t> start_, members_;  // centroids of cell s: members_[start_[s] .. start_[s+1]), ascending
-    std::vector<idx_t> block_start_;      // first f32 block of cell s in packed_
-    AlignedBuffer packed_;                // the centroids of every cell as f32 blocks (see simd.hpp)
+    std::shared_ptr<Cache> cache_;
 };
 
 }  // namespace mudg_fast
