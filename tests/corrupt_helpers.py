@@ -135,7 +135,7 @@ def regions(data: bytes) -> list[Region]:
     return out
 
 
-KNOWN_RECORDS = {b"META": False}  # tag -> whether the format allows it to be marked required
+KNOWN_RECORDS = {b"META": False, b"CQTL": True}  # tag -> whether the format allows it to be required
 
 
 def extensions_valid(data: bytes) -> bool:

@@ -225,10 +225,10 @@ void bind_index(py::module_& m) {
     m.attr("max_metadata_bytes") = kMaxMetadataBytes;
     m.attr("two_level_quantizer_min_lists") = kTwoLevelQuantizerMinLists;
     m.attr("two_level_quantizer_min_nlist") = kTwoLevelQuantizerMinNlist;
-    m.def("two_level_quantizer_defaults", [](idx_t nlist) {
-        const idx_t cells = TwoLevelQuantizer::default_cells(nlist);
-        return py::make_tuple(cells, TwoLevelQuantizer::default_probe(cells));
-    }, py::arg("nlist"), "Default (cells, probe) of a two-level quantizer for nlist lists.");
+    m.def("two_level_quantizer_default_cells", &TwoLevelQuantizer::default_cells, py::arg("nlist"),
+          "Default number of cells of a two-level quantizer for nlist lists.");
+    m.def("two_level_quantizer_default_probe", &TwoLevelQuantizer::default_probe, py::arg("cells"),
+          "Default probe (cells scanned per vector) of a two-level quantizer with this many cells.");
 }
 
 }  // namespace mudg_fast::py_bind

@@ -77,6 +77,10 @@ namespace kmeans_detail {
 
 namespace {
 
+/// The coarse level trains on at most this many points per coarse cluster: its centroids only
+/// partition the data (faiss's two-level clustering uses 2000).
+constexpr idx_t kCoarsePointsPerCentroid = 1024;
+
 /// Counting sort of positions 0..n-1 by label (stable): order, and start[c] of each label.
 void group_by_label(const idx_t* label, idx_t n, idx_t n_labels, std::vector<idx_t>& start, std::vector<idx_t>& order) {
     start.assign(static_cast<std::size_t>(n_labels + 1), 0);
@@ -138,11 +142,14 @@ KMeansResult two_level_fit(const KMeansData& data, const KMeansParams& p, float*
     const idx_t* train_rows = all_points ? nullptr : train.data();
     auto row = [&](idx_t i) { return all_points ? i : train[i]; };
 
-    // 2. The coarse level: a flat fit of k1 clusters on the training points (it samples
-    //    k1 * max_points_per_centroid of them itself), labels for all of them.
+    // 2. The coarse level: a flat fit of k1 clusters on (a seeded sample of at most
+    //    k1 * kCoarsePointsPerCentroid of) the training points, labels for all of them.
     KMeansParams cp = p;
     cp.method = KMeansMethod::flat;
     cp.n_clusters = k1;
+    cp.max_points_per_centroid = p.max_points_per_centroid > 0
+                                     ? std::min(p.max_points_per_centroid, kCoarsePointsPerCentroid)
+                                     : kCoarsePointsPerCentroid;
     cp.seed = Rng::stream(p.seed, 5).next();
     cp.verbose = false;
     std::vector<float> coarse(static_cast<std::size_t>(k1 * d));

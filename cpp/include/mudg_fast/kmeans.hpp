@@ -71,8 +71,8 @@ struct KMeansResult {
 /// output for any thread count and SIMD level.
 ///
 /// Two-level: the training points (all, or the flat fit's sample of n_clusters *
-/// max_points_per_centroid) are clustered into n_coarse coarse clusters (itself a flat fit with
-/// the same parameters), each non-empty coarse cluster receives its share of the n_clusters
+/// max_points_per_centroid) are clustered into n_coarse coarse clusters (a flat fit with the same
+/// parameters on at most 1024 of them per coarse cluster), each non-empty coarse cluster receives its share of the n_clusters
 /// centroids (allot_sub_clusters) and is clustered on its own with seed ^ (c * 0x9E3779B97F4A7C15).
 /// Paired data is paired at both levels. With n_coarse = 1 the result equals the flat fit.
 /// Needs init != given.
