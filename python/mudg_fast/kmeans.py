@@ -64,20 +64,22 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     labels_ : int64 (n,) nearest centroid of every training point for the final centroids.
     inertia_ : float, sum of squared distances of points to their centroid.
     n_iter_ : int, iterations run.
-    objective_history_ : float64 (n_iter_,), sum of assignment scores per iteration (spherical:
-        sum of cosines); non-decreasing.
-    iteration_seconds_ : float64 (n_iter_,)
+    objective_history_ : float64 of shape ``(n_iter_,)``: sum of assignment scores per iteration
+        (spherical: sum of cosines); non-decreasing.
+    iteration_seconds_ : float64 of shape ``(n_iter_,)``, seconds per iteration
     method_ : "flat" or "two_level", the method used ("auto" resolved).
-    coarse_centers_ : two-level: float32 (n_coarse, d) coarse centroids; None for a flat fit.
-    coarse_counts_ : two-level: int64 (n_coarse,) centroids per coarse cluster (they sum to
-        n_clusters, each non-empty coarse cluster has at least one); the centroids are grouped by
-        coarse cluster: cluster c owns ``coarse_counts_[c]`` rows after those of clusters < c.
-        None for a flat fit.
-    coarse_sizes_ : two-level: int64 (n_coarse,) training points per coarse cluster; None for flat.
+    coarse_centers_ : two-level: float32 of shape ``(n_coarse, d)``, the coarse centroids; None for
+        a flat fit.
+    coarse_counts_ : two-level: int64 of shape ``(n_coarse,)``, centroids per coarse cluster (they
+        sum to n_clusters, each non-empty coarse cluster has at least one); the centroids are
+        grouped by coarse cluster: cluster c owns ``coarse_counts_[c]`` rows after those of
+        clusters < c. None for a flat fit.
+    coarse_sizes_ : two-level: int64 of shape ``(n_coarse,)``, training points per coarse cluster;
+        None for flat.
     stage_seconds_ : two-level: {"coarse", "fine", "labels"} seconds; None for flat.
     n_features_in_ : int, the dimension seen by ``fit``.
-    feature_names_in_ : object array (n_features_in_,), the column names when ``fit`` was given a
-        data frame with string column names.
+    feature_names_in_ : object array of shape ``(n_features_in_,)``, the column names when ``fit``
+        was given a data frame with string column names.
 
     Methods other than ``fit`` raise ``NotFittedError`` (scikit-learn's when it is installed; also a
     ``RuntimeError``) before ``fit``.
