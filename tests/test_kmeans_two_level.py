@@ -162,15 +162,17 @@ def test_paired_assigns_by_images_and_updates_by_captions(rng):
     assert near_cap > near_img  # the centroids live in caption space
 
 
-def test_quality_close_to_flat(rng):
+def test_quality_close_to_flat():
     # Each point only ever meets the centroids of its coarse cluster, so a two-level fit is somewhat
-    # worse than a flat one (on this 32-d data 5-20 %), and far better than the coarse level alone.
-    x = clustered(rng, 20_000, 32, 200)
+    # worse than a flat one: on the COCO-fitted generated corpus about 4 % in inertia at d=64.
+    from mudg_fast.synthetic import make_corpus
+
+    x = make_corpus(20_000, n_concepts=100, dim=64, seed=0, num_threads=2).images
     flat = mudg_fast.KMeans(256, method="flat", seed=0, max_iter=15).fit(x)
     two = mudg_fast.KMeans(256, method="two_level", seed=0, max_iter=15).fit(x)
     coarse_only = mudg_fast.KMeans(16, method="flat", seed=0, max_iter=15).fit(x)
-    assert two.inertia_ <= 1.3 * flat.inertia_, (two.inertia_, flat.inertia_)
-    assert two.inertia_ < 0.5 * coarse_only.inertia_
+    assert two.inertia_ <= 1.08 * flat.inertia_, (two.inertia_, flat.inertia_)
+    assert two.inertia_ < 0.8 * coarse_only.inertia_
     h = two.objective_history_
     assert len(h) == two.n_iter_ and (np.diff(h) >= -1e-6 * np.abs(h[:-1])).all()
     assert set(two.stage_seconds_) == {"coarse", "fine", "labels"}
