@@ -1,6 +1,7 @@
 """The two-level coarse quantizer of IVFIndex: a numpy reference of its answer, exactness when it
 scans every cell, agreement with exact assignment measured, determinism, the file record, errors."""
 
+import json
 import struct
 
 import numpy as np
@@ -293,3 +294,101 @@ def test_old_files_load_with_a_flat_quantizer():
     for name in ("ivf_v1_f32.bin", "ivf_v1_sq8.bin", "ivf_v2_f32.bin", "ivf_v2_sq8.bin"):
         ix = IVFIndex.load(here / name)
         assert ix.quantizer == "flat" and ix.quantizer_probe is None
+
+
+def test_faiss_export_chooses_the_same_lists(data, centroids):
+    faiss = pytest.importorskip("faiss")
+    ix = two_level(centroids, probe=3).add(data[:3000])
+    out = ix.to_faiss()
+    out.nprobe = 6
+    q = faiss.downcast_index(out.quantizer)
+    assert isinstance(q, faiss.IndexIVFFlat) and q.nprobe == 3 and q.nlist == 20 and q.ntotal == NLIST
+    x = data[3000:5000]
+    _, ours = ix.probe(x, 6)
+    _, theirs = q.search(x, 6)
+    np.testing.assert_array_equal(theirs[:, 0], ours[:, 0])
+    assert (theirs == ours).mean() > 0.999  # exact ties may come out in another order
+    s_ours, i_ours = ix.search(data[:200], 10, nprobe=6)
+    s_theirs, i_theirs = out.search(data[:200], 10)
+    np.testing.assert_allclose(s_theirs, s_ours, rtol=1e-5, atol=1e-5)
+    untied = (np.diff(s_ours, axis=1) < -1e-5).all(axis=1)  # the duplicates of data[0] tie
+    assert untied.sum() > 150
+    np.testing.assert_array_equal(i_theirs[untied], i_ours[untied])
+    faiss.write_index(out, str(__import__("tempfile").mkdtemp()) + "/x.faiss")
+
+
+# --- diagnostics and the build --------------------------------------------------------------------
+
+def test_evaluate_recall_reports_the_quantizer(data, centroids):
+    from mudg_fast.recall import RecallResult, evaluate_recall
+
+    q = data[::40]
+    flat = IVFIndex(D, NLIST, quantizer="flat").set_centroids(centroids).add(data)
+    r = evaluate_recall(flat, q, data, k=10, nprobes=(1, 8), min_seconds=0)
+    assert r.quantizer == "flat" and r.quantizer_top1 == 1.0 and r.cells_kept == [1.0, 1.0]
+    assert all(np.isfinite(c) and c > 0 for c in r.coarse_share)  # a time ratio: no bound on a shared machine
+    ix = two_level(centroids, probe=2).add(data)
+    r = evaluate_recall(ix, q, data, k=10, nprobes=(1, 8), min_seconds=0)
+    a1 = quantizer_agreement(ix, q, nprobe=1)
+    a8 = quantizer_agreement(ix, q, nprobe=8)
+    assert r.quantizer == "two_level" and r.quantizer_top1 == a1["top1"] < 1.0
+    assert r.cells_kept == pytest.approx([a1["cells_kept"], a8["cells_kept"]])
+    assert r.cells_kept[1] < 1.0
+    back = RecallResult.from_dict(json_round_trip(r.to_dict()))
+    assert back.quantizer_top1 == r.quantizer_top1 and back.cells_kept == r.cells_kept
+    assert "top-1 agreement" in r.table() and "coarse share" in r.table()
+
+
+def json_round_trip(d):
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+def test_eval_index_prints_the_quantizer(tmp_path, data, centroids, capsys):
+    import json
+
+    from mudg_fast.cli import main
+
+    two_level(centroids, probe=2).add(data).save(tmp_path / "q.ivf")
+    np.save(tmp_path / "db.npy", data)
+    np.save(tmp_path / "queries.npy", data[::60])
+    rc = main(["eval-index", "--index", str(tmp_path / "q.ivf"), "--queries", str(tmp_path / "queries.npy"),
+               "--database", str(tmp_path / "db.npy"), "--nprobes", "1,8", "--report", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "two_level quantizer, top-1 agreement with exact assignment" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    res = rep["results"]["q.ivf"]
+    assert res["quantizer"] == "two_level" and 0 < res["quantizer_top1"] < 1
+    assert {"cells_kept", "coarse_seconds", "coarse_share"} <= set(res["results"][0])
+    assert rep["indexes"]["q.ivf"]["quantizer"] == {"quantizer": "two_level", "cells": 20, "probe": 2,
+                                                    "scores_per_vector": pytest.approx(
+                                                        two_level(centroids, probe=2).quantizer_info()[
+                                                            "scores_per_vector"])}
+
+
+def test_build_index_passes_method_and_quantizer(tmp_path):
+    from shard_helpers import make_collection
+
+    from mudg_fast.build import BuildError, build_index
+
+    root, images, captions = make_collection(tmp_path / "coll", n=6000, d=16, shard_rows=2000)
+    kw = dict(nlist=64, train_size=3000, batch_size=1000, progress=False, checkpoint_every=1)
+    built = build_index(root / "img_emb", root / "text_emb", out=tmp_path / "a.ivf", kmeans_method="two_level",
+                        quantizer="two_level", quantizer_probe=3, **kw)
+    assert built.quantizer == "two_level" and built.quantizer_probe == 3 and built.ntotal == 6000
+    manifest = json.loads((tmp_path / "a.ivf.build" / "manifest.json").read_text())
+    params = manifest["fingerprint"]["params"]
+    assert params["kmeans_method"] == "two_level" and params["quantizer"] == "two_level"
+    # the same centroids from the library: two-level paired k-means, then the quantizer
+    plain = build_index(root / "img_emb", root / "text_emb", out=tmp_path / "b.ivf", **kw)
+    assert plain.quantizer == "flat"
+    params = json.loads((tmp_path / "b.ivf.build" / "manifest.json").read_text())["fingerprint"]["params"]
+    assert "kmeans_method" not in params and "quantizer" not in params  # flat builds record what they did
+    assert not np.array_equal(plain.centroids, built.centroids)
+    with pytest.raises(BuildError, match="kmeans_method"):
+        build_index(root / "img_emb", out=tmp_path / "c.ivf", kmeans_method="fast", **kw)
+    with pytest.raises(BuildError, match="quantizer_probe"):
+        build_index(root / "img_emb", out=tmp_path / "c.ivf", quantizer="two_level", quantizer_probe=0, **kw)
+    with pytest.raises(BuildError, match="too small for a two-level quantizer"):
+        build_index(root / "img_emb", out=tmp_path / "c.ivf", quantizer="two_level", **(kw | {"nlist": 3}))
