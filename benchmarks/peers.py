@@ -235,6 +235,39 @@ def task_faiss_rerank_sweep(p):
     return out
 
 
+def task_faiss_two_level(p):
+    """faiss.contrib.clustering.two_level_clustering (spherical, the given iterations at both levels)."""
+    faiss = _faiss()
+    from faiss.contrib.clustering import two_level_clustering
+
+    x = _load(p["x"])
+    t0 = time.perf_counter()
+    c, _ = two_level_clustering(x, p["nc1"], p["k"], clustering_niter=p["iters"], niter=p["iters"],
+                                spherical=True, seed=p["seed"])
+    total = time.perf_counter() - t0
+    np.save(p["out"], np.ascontiguousarray(c, dtype=np.float32))
+    return {"times": [total]}
+
+
+def task_faiss_hnsw_quantizer(p):
+    """An HNSW32 graph over the centroids (faiss's IVF..._HNSW32 quantizer): build time, then per
+    efSearch the time to assign the vectors and the top-1 agreement with the exact nearest."""
+    faiss = _faiss()
+    cent = _load(p["centroids"])
+    x = _load(p["x"])
+    exact = _load(p["exact"])
+    index = faiss.IndexHNSWFlat(cent.shape[1], p.get("M", 32), faiss.METRIC_INNER_PRODUCT)
+    t0 = time.perf_counter()
+    index.add(cent)
+    build = time.perf_counter() - t0
+    runs = []
+    for ef in p["efs"]:
+        index.hnsw.efSearch = ef
+        t, (_, ids) = _times(lambda: index.search(x, 1), p.get("rounds", 1))
+        runs.append({"ef": ef, "times": t, "top1": float(np.mean(ids[: len(exact), 0] == exact))})
+    return {"build": build, "runs": runs}
+
+
 TASKS = {k[5:]: v for k, v in globals().items() if k.startswith("task_")}
 
 if __name__ == "__main__":

@@ -136,8 +136,9 @@ def regions(data: bytes) -> list[Region]:
 
 
 #: known record tags -> whether the format requires the record to be marked required (META is
-#: optional metadata; SQ4R, the sq4 residual form, changes how codes decode and must be required)
-KNOWN_RECORDS = {b"META": False, b"SQ4R": True}
+#: optional metadata; SQ4R, the sq4 residual form, changes how codes decode and CQTL, the
+#: two-level quantizer, how vectors are assigned: both must be required)
+KNOWN_RECORDS = {b"META": False, b"SQ4R": True, b"CQTL": True}
 
 
 def records(data: bytes) -> list[tuple[bytes, int, bytes]]:

@@ -1,6 +1,7 @@
 """Determinism matrix: threads {1, 2} x every SIMD level this CPU has (scalar, avx2, avx2+vnni,
-avx512, avx512+vnni) give bit-identical outputs for k-means, knn, index build (including the
-saved file's bytes) and search, retrieval combination and selection.
+avx512, avx512+vnni) give bit-identical outputs for k-means (flat and two-level), knn, index build
+(including the saved file's bytes, also with a two-level quantizer) and search, retrieval
+combination and selection.
 
 One workload runs under each configuration; every output is reduced to a SHA-256 of its bytes
 and compared with the scalar, single-threaded run.
@@ -55,6 +56,16 @@ def workload(threads: int, tmp_path) -> dict:
                                                       np.float64(km.inertia_), km.objective_history_)
     pk = mudg_fast.PairedKMeans(32, max_iter=5, seed=4, num_threads=threads).fit(images[:4000], captions[:4000])
     out["paired kmeans"] = digest(pk.cluster_centers_, pk.labels_, pk.pairs_)
+    tk = mudg_fast.PairedKMeans(150, max_iter=4, seed=4, num_threads=threads, method="two_level",
+                                max_points_per_centroid=40).fit(images, captions, pairing="given")
+    out["two-level paired kmeans"] = digest(tk.cluster_centers_, tk.labels_, tk.coarse_centers_,
+                                            np.float64(tk.inertia_), tk.objective_history_)
+    ix = mudg_fast.IVFIndex(d, 150, quantizer="two_level", quantizer_probe=3, num_threads=threads)
+    ix.set_centroids(tk.cluster_centers_, seed=2).add(images)
+    path = tmp_path / f"two-level-{threads}.bin"
+    ix.save(path)
+    out["ivf two-level quantizer file"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    out["ivf two-level quantizer search"] = digest(*ix.search(captions[:500], 30, nprobe=6))
 
     for codec in ("f32", "f16", "sq8", "sq4"):
         ix = mudg_fast.IVFIndex(d, 32, codec=codec, num_threads=threads)

@@ -133,7 +133,7 @@ def test_get_set_params_and_clone(rng):
     params = est.get_params()
     assert params["n_clusters"] == 4 and params["seed"] == 3 and params["init"] is init
     assert set(params) == {"n_clusters", "max_iter", "init", "seed", "spherical", "max_points_per_centroid",
-                           "num_threads", "verbose"}
+                           "num_threads", "verbose", "method", "n_coarse"}
     copy = clone(est)
     assert copy is not est and copy.get_params()["seed"] == 3
     np.testing.assert_array_equal(copy.init, init)

@@ -1,5 +1,6 @@
 // IvfIndex bindings: strict arrays in, numpy out, GIL released around native work.
 #include "common.hpp"
+#include "mudg_fast/coarse_quantizer.hpp"
 #include "mudg_fast/ivf.hpp"
 
 namespace mudg_fast::py_bind {
@@ -189,6 +190,32 @@ void bind_index(py::module_& m) {
                     },
                     py::arg("path"), py::arg("mmap") = true, py::arg("verify") = true)
         .def("memory_bytes", &IvfIndex::memory_bytes)
+        .def("set_two_level_quantizer",
+             [](IvfIndex& ix, idx_t cells, int probe, std::uint64_t seed, int n_threads) {
+                 py::gil_scoped_release nogil;
+                 ix.set_two_level_quantizer(cells, probe, seed, n_threads);
+             },
+             py::arg("cells"), py::arg("probe"), py::arg("seed") = 0, py::arg("n_threads") = 0)
+        .def("set_flat_quantizer", &IvfIndex::set_flat_quantizer)
+        .def("set_quantizer_probe", &IvfIndex::set_quantizer_probe, py::arg("probe"))
+        .def_property_readonly("quantizer",
+                               [](const IvfIndex& ix) { return std::string(ix.quantizer() ? "two_level" : "flat"); })
+        .def("quantizer_state",
+             [](const IvfIndex& ix) {
+                 const TwoLevelQuantizer* q = ix.quantizer();
+                 MUDG_CHECK(q, "the index has a flat quantizer");
+                 py::dict out;
+                 out["cells"] = q->cells();
+                 out["probe"] = q->probe();
+                 out["expected_scores"] = q->expected_scores();
+                 auto centres = new_array<float>({q->cells(), q->dim()});
+                 std::copy(q->cell_centres().begin(), q->cell_centres().end(), centres.mutable_data());
+                 auto cell_of = new_array<std::int64_t>({q->nlist()});
+                 std::copy(q->cell_of().begin(), q->cell_of().end(), cell_of.mutable_data());
+                 out["cell_centres"] = centres;
+                 out["cell_of"] = cell_of;
+                 return out;
+             })
         .def_property_readonly("metadata", [](const IvfIndex& ix) { return py::bytes(ix.metadata()); })
         .def("set_metadata", [](IvfIndex& ix, const py::bytes& text) { ix.set_metadata(std::string(text)); },
              py::arg("text"))
@@ -197,6 +224,12 @@ void bind_index(py::module_& m) {
                  return ix.fingerprint();
              });
     m.attr("max_metadata_bytes") = kMaxMetadataBytes;
+    m.attr("two_level_quantizer_min_lists") = kTwoLevelQuantizerMinLists;
+    m.attr("two_level_quantizer_min_nlist") = kTwoLevelQuantizerMinNlist;
+    m.def("two_level_quantizer_default_cells", &TwoLevelQuantizer::default_cells, py::arg("nlist"),
+          "Default number of cells of a two-level quantizer for nlist lists.");
+    m.def("two_level_quantizer_default_probe", &TwoLevelQuantizer::default_probe, py::arg("cells"),
+          "Default probe (cells scanned per vector) of a two-level quantizer with this many cells.");
 }
 
 }  // namespace mudg_fast::py_bind

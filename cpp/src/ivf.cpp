@@ -17,6 +17,7 @@
 #endif
 
 #include "ivf_internal.hpp"
+#include "mudg_fast/coarse_quantizer.hpp"
 #include "mudg_fast/parallel.hpp"
 #include "mudg_fast/topk.hpp"
 
@@ -134,6 +135,44 @@ void IvfIndex::set_centroids(MatrixView<const float> c) {
                (long long)nlist_, (long long)dim_, (long long)c.rows, (long long)c.cols);
     centroids_.resize(static_cast<std::size_t>(nlist_ * dim_));
     for (idx_t i = 0; i < nlist_; ++i) std::copy(c.row(i), c.row(i) + dim_, centroids_.data() + i * dim_);
+    quantizer_.reset();
+}
+
+void IvfIndex::set_two_level_quantizer(idx_t cells, int probe, std::uint64_t seed, int n_threads) {
+    MUDG_CHECK(has_centroids(), "a two-level quantizer is trained on the centroids: train the index (or set its "
+               "centroids) first");
+    auto q = std::make_unique<TwoLevelQuantizer>(TwoLevelQuantizer::train(
+        MatrixView<const float>(centroids_.data(), nlist_, dim_), cells, probe, seed, n_threads));
+    quantizer_ = std::move(q);
+}
+
+void IvfIndex::set_flat_quantizer() noexcept { quantizer_.reset(); }
+
+void IvfIndex::set_quantizer_probe(int probe) {
+    MUDG_CHECK(quantizer_, "the index has a flat quantizer (it scores every centroid): there is no probe to set");
+    quantizer_->set_probe(probe);
+}
+
+void IvfIndex::coarse_search(MatrixView<const float> x, int k, MatrixView<float> out_s, MatrixView<idx_t> out_l,
+                             int n_threads) const {
+    MUDG_CHECK(has_centroids(), "the index has no centroids: train it first");
+    MUDG_CHECK(x.cols == dim_, "vectors have %lld dimensions, the index %lld", (long long)x.cols, (long long)dim_);
+    if (quantizer_) {
+        quantizer_->search(MatrixView<const float>(centroids_.data(), nlist_, dim_), x, k, out_s, out_l, n_threads);
+        return;
+    }
+    const MatrixView<const float> cent(centroids_.data(), nlist_, dim_);
+    if (k == 1) {  // nearest(): the argmax path with int8 screening
+        std::vector<float> s(static_cast<std::size_t>(x.rows));
+        std::vector<idx_t> l(static_cast<std::size_t>(x.rows));
+        nearest(cent, x, s.data(), l.data(), n_threads);
+        for (idx_t i = 0; i < x.rows; ++i) {
+            out_s.row(i)[0] = s[i];
+            out_l.row(i)[0] = l[i];
+        }
+        return;
+    }
+    exact_search(cent, x, k, out_s, out_l, n_threads);
 }
 
 void IvfIndex::make_owned(List& list) const {

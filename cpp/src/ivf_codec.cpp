@@ -203,8 +203,9 @@ void IvfIndex::train_codec(MatrixView<const float> sample, bool sq4_residual, in
 }
 
 void IvfIndex::assign_lists(MatrixView<const float> x, idx_t* lists, int n_threads) const {
+    // The coarse quantizer's choice (exact with a flat one), the same as add() makes.
     std::vector<float> score(static_cast<std::size_t>(x.rows));
-    nearest(MatrixView<const float>(centroids_.data(), nlist_, dim_), x, score.data(), lists, n_threads);
+    coarse_search(x, 1, MatrixView<float>(score.data(), x.rows, 1), MatrixView<idx_t>(lists, x.rows, 1), n_threads);
 }
 
 const float* IvfIndex::code_input(idx_t l, const float* x, float* out) const {

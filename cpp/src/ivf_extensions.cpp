@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "mudg_fast/coarse_quantizer.hpp"
 #include "mudg_fast/ivf.hpp"
 
 namespace mudg_fast {
@@ -19,6 +20,7 @@ constexpr std::uint32_t kTagMetadata = fourcc("META");
 /// float32 list scales s_l. Absent: the direct form (codes of x).
 constexpr std::uint32_t kTagSq4Residual = fourcc("SQ4R");
 constexpr std::uint32_t kSq4FormResidual = 1;
+constexpr std::uint32_t kTagQuantizer = fourcc("CQTL");  // the two-level coarse quantizer
 }  // namespace
 
 void IvfIndex::set_metadata(std::string text) {
@@ -37,6 +39,7 @@ std::vector<IvfExtension> IvfIndex::extension_records() const {
         std::memcpy(p.data() + 8, sq_b_.data(), 4 * sq_b_.size());
         out.push_back({kTagSq4Residual, true, std::move(p)});
     }
+    if (quantizer_) out.push_back({kTagQuantizer, true, quantizer_->serialize()});
     std::sort(out.begin(), out.end(), [](const IvfExtension& a, const IvfExtension& b) { return a.tag < b.tag; });
     for (std::size_t i = 1; i < out.size(); ++i) MUDG_ASSERT(out[i - 1].tag != out[i].tag);
     return out;
@@ -62,6 +65,12 @@ bool IvfIndex::apply_extension(const IvfExtension& rec) {
         std::vector<float> scales(static_cast<std::size_t>(n));
         std::memcpy(scales.data(), rec.payload.data() + 8, 4 * n);
         set_codec_params(sq_a_, std::move(scales));
+        return true;
+    }
+    if (rec.tag == kTagQuantizer) {
+        MUDG_CHECK(rec.required, "the quantizer record is not marked required");
+        quantizer_ = std::make_unique<TwoLevelQuantizer>(
+            TwoLevelQuantizer::deserialize(rec.payload, MatrixView<const float>(centroids_.data(), nlist_, dim_)));
         return true;
     }
     if (rec.required) return false;

@@ -36,7 +36,9 @@
 //     records as they are. Known records: META (optional) user metadata, UTF-8 text (JSON from
 //     the Python layer); SQ4R (required) the SQ4 residual form: u32 form (1), u32 0, then nlist
 //     float32 list scales s_l; the codes of list l encode (x - c_l) / s_l against the levels
-//     (without it, SQ4 codes encode x: the direct form of files written before it existed).
+//     (without it, SQ4 codes encode x: the direct form of files written before it existed);
+//     CQTL (required) the two-level coarse quantizer: cell centres, the cell
+//     of every centroid and the cells scanned per vector (layout in coarse_quantizer.cpp).
 //   List data: for each list, ceil(size/16) code blocks (the in-memory block layout, see
 //     simd.hpp) starting on a 64-byte boundary, then `size` int64 ids on an 8-byte boundary;
 //     the gaps before the code blocks and before the ids are zero. The last list's ids end

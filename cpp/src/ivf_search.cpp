@@ -52,9 +52,8 @@ void IvfIndex::probe(MatrixView<const float> q, int nprobe, MatrixView<float> ou
     MUDG_CHECK(nprobe >= 1, "nprobe must be >= 1, got %d", nprobe);
     MUDG_CHECK(q.cols == dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols, (long long)dim_);
     MUDG_CHECK(has_centroids(), "search() on an untrained index: call train() first");
-    // Exact: the nprobe nearest centroids of every query (padded with (-inf, -1) past nlist).
-    exact_search(MatrixView<const float>(centroids_.data(), nlist_, dim_), q, nprobe, out_scores, out_lists,
-                 n_threads);
+    // The nprobe nearest centroids of every query by the coarse quantizer (padded with (-inf, -1)).
+    coarse_search(q, nprobe, out_scores, out_lists, n_threads);
 }
 
 void IvfIndex::search(MatrixView<const float> q, int k, int nprobe, MatrixView<float> out_s,

@@ -10,6 +10,7 @@
 #include "mudg_fast/rng.hpp"
 #include "mudg_fast/simd.hpp"
 #include "mudg_fast/topk.hpp"
+#include "kmeans_internal.hpp"
 
 namespace mudg_fast {
 
@@ -127,8 +128,8 @@ void kmeans_assign(MatrixView<const float> x, MatrixView<const float> centroids,
     }
 }
 
-KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixView<float> centroids, idx_t* labels) {
-    using clock = std::chrono::steady_clock;
+namespace {
+void check_kmeans_input(const KMeansData& data, const KMeansParams& p, MatrixView<float> centroids) {
     const idx_t n = data.update.rows, d = data.update.cols, k = p.n_clusters;
     MUDG_CHECK(k >= 1, "n_clusters must be >= 1, got %lld", (long long)k);
     MUDG_CHECK(n >= k, "n_clusters=%lld is larger than the number of points (%lld): use fewer clusters",
@@ -144,21 +145,54 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
             MUDG_CHECK(data.assign_ids[i] >= 0 && data.assign_ids[i] < data.assign.rows,
                        "pair index %lld out of range [0, %lld)", (long long)data.assign_ids[i],
                        (long long)data.assign.rows);
+}
 
+}  // namespace
+
+KMeansMethod resolve_kmeans_method(KMeansMethod method, idx_t n_clusters) noexcept {
+    if (method != KMeansMethod::automatic) return method;
+    return n_clusters >= kTwoLevelMinClusters ? KMeansMethod::two_level : KMeansMethod::flat;
+}
+
+KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixView<float> centroids, idx_t* labels) {
+    check_kmeans_input(data, p, centroids);
+    const idx_t k = p.n_clusters, d = data.update.cols;
+    // The fits write k * d contiguous floats: a strided buffer goes through a copy.
+    std::vector<float> tmp;
+    float* c = centroids.data;
+    if (centroids.stride != d) {
+        tmp.resize(static_cast<std::size_t>(k * d));
+        for (idx_t j = 0; j < k; ++j) std::copy(centroids.row(j), centroids.row(j) + d, tmp.data() + j * d);
+        c = tmp.data();
+    }
+    KMeansResult r = resolve_kmeans_method(p.method, k) == KMeansMethod::two_level
+                         ? kmeans_detail::two_level_fit(data, p, c, labels)
+                         : kmeans_detail::lloyd_fit(data, nullptr, data.update.rows, p, c, labels);
+    if (!tmp.empty())
+        for (idx_t j = 0; j < k; ++j) std::copy(tmp.data() + j * d, tmp.data() + (j + 1) * d, centroids.row(j));
+    return r;
+}
+
+namespace kmeans_detail {
+
+KMeansResult lloyd_fit(const KMeansData& data, const idx_t* points, idx_t n, const KMeansParams& p, float* out_centroids,
+                       idx_t* labels) {
+    using clock = std::chrono::steady_clock;
+    const idx_t d = data.update.cols, k = p.n_clusters;
+    MUDG_ASSERT(k >= 1 && n >= k);
+    // Update row of point i (an index into data.update; point i itself without a subset).
+    auto point = [points](idx_t i) { return points ? points[i] : i; };
     KMeansResult result;
     const int nt = p.n_threads;
 
-    // Training points: all, or a seeded sample of k * max_points_per_centroid (in index order,
-    // so centroid sums run in the same order whatever the sample).
-    std::vector<idx_t> train;
-    if (p.max_points_per_centroid > 0 && n > k * p.max_points_per_centroid) {
-        Rng rng = Rng::stream(p.seed, 1);
-        train = sample_without_replacement(n, k * p.max_points_per_centroid, rng);
-        std::sort(train.begin(), train.end());
-    } else {
+    // Training points (their update rows): all, or a seeded sample of k * max_points_per_centroid
+    // (in index order, so centroid sums run in the same order whatever the sample).
+    std::vector<idx_t> train = training_sample(n, p);
+    if (train.empty()) {
         train.resize(n);
         std::iota(train.begin(), train.end(), idx_t{0});
     }
+    for (idx_t& t : train) t = point(t);
     const idx_t nt_pts = static_cast<idx_t>(train.size());
     std::vector<idx_t> arow(nt_pts);
     for (idx_t i = 0; i < nt_pts; ++i) arow[i] = data.assign_ids ? data.assign_ids[train[i]] : train[i];
@@ -166,7 +200,7 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
     // Initial centroids, in update space.
     std::vector<float> c(static_cast<size_t>(k * d));
     if (p.init == KMeansInit::given) {
-        for (idx_t j = 0; j < k; ++j) std::copy(centroids.row(j), centroids.row(j) + d, c.data() + j * d);
+        std::copy(out_centroids, out_centroids + k * d, c.data());
     } else {
         std::vector<idx_t> pick;
         if (p.init == KMeansInit::random) {
@@ -201,15 +235,7 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
     bool converged = false;
 
     auto assign_step = [&](const idx_t* rows, idx_t count, idx_t* out_lab, float* out_score) {
-        std::vector<float> bias;
-        if (!p.spherical) bias = l2_bias(c.data(), k, d);
-        nearest(MatrixView<const float>(c.data(), k, d), data.assign, out_score, out_lab, nt,
-                p.spherical ? nullptr : bias.data(), rows, count);
-        // Finite inputs always have a nearest centroid; a score that overflowed to inf or NaN
-        // does not, and an unassigned point must never index the centroid arrays.
-        for (idx_t i = 0; i < count; ++i)
-            MUDG_CHECK(out_lab[i] >= 0, "k-means assignment found no nearest centroid for point %lld: its "
-                       "scores are not finite (inputs too large in magnitude?)", (long long)i);
+        assign_to(c.data(), k, d, p.spherical, data.assign, rows, count, out_lab, nt, out_score);
     };
 
     for (int it = 0; it < p.max_iter; ++it) {
@@ -304,18 +330,56 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
         std::copy(score.begin(), score.end(), all_score.begin());
     } else {
         std::vector<idx_t> rows;
-        if (data.assign_ids) rows.assign(data.assign_ids, data.assign_ids + n);
-        assign_step(data.assign_ids ? rows.data() : nullptr, n, labels, all_score.data());
+        if (data.assign_ids || points) {
+            rows.resize(n);
+            for (idx_t i = 0; i < n; ++i) rows[i] = data.assign_ids ? data.assign_ids[point(i)] : point(i);
+        }
+        assign_step(rows.empty() ? nullptr : rows.data(), n, labels, all_score.data());
     }
-    // inertia = sum ||a_i - c||^2, computed directly (the ||a||^2 - 2<a,c> + ||c||^2 shortcut
-    // cancels badly far from the origin). Per-chunk partial sums merged in chunk order.
+    result.inertia = inertia(data, points, n, c.data(), labels, nt);
+    std::copy(c.begin(), c.end(), out_centroids);
+    return result;
+}
+
+std::vector<idx_t> training_sample(idx_t n, const KMeansParams& p) {
+    const idx_t k = p.n_clusters;
+    if (!(p.max_points_per_centroid > 0 && n > k * p.max_points_per_centroid)) return {};
+    Rng rng = Rng::stream(p.seed, 1);
+    std::vector<idx_t> train = sample_without_replacement(n, k * p.max_points_per_centroid, rng);
+    std::sort(train.begin(), train.end());
+    return train;
+}
+
+void assign_to(const float* c, idx_t k, idx_t d, bool spherical, MatrixView<const float> x, const idx_t* rows,
+               idx_t count, idx_t* labels, int n_threads, float* scores) {
+    std::vector<float> bias, tmp;
+    if (!spherical) bias = l2_bias(c, k, d);
+    if (!scores) {
+        tmp.resize(static_cast<std::size_t>(count));
+        scores = tmp.data();
+    }
+    nearest(MatrixView<const float>(c, k, d), x, scores, labels, n_threads, spherical ? nullptr : bias.data(), rows,
+            rows ? count : 0);
+    // Finite inputs always have a nearest centroid; a score that overflowed to inf or NaN
+    // does not, and an unassigned point must never index the centroid arrays.
+    for (idx_t i = 0; i < count; ++i)
+        MUDG_CHECK(labels[i] >= 0, "k-means assignment found no nearest centroid for point %lld: its "
+                   "scores are not finite (inputs too large in magnitude?)", (long long)i);
+}
+
+double inertia(const KMeansData& data, const idx_t* points, idx_t n, const float* centroids, const idx_t* labels,
+               int n_threads) {
+    // sum ||a_i - c||^2, computed directly (the ||a||^2 - 2<a,c> + ||c||^2 shortcut cancels badly
+    // far from the origin). Per-chunk partial sums merged in chunk order.
+    const idx_t d = data.update.cols;
     constexpr idx_t kChunk = 4096;
     std::vector<double> partial((n + kChunk - 1) / kChunk, 0.0);
-    parallel_for(n, kChunk, nt, [&](idx_t b, idx_t e, int) {
+    parallel_for(n, kChunk, n_threads, [&](idx_t b, idx_t e, int) {
         double acc = 0;
         for (idx_t i = b; i < e; ++i) {
-            const float* a = data.assign.row(data.assign_ids ? data.assign_ids[i] : i);
-            const float* cj = c.data() + labels[i] * d;
+            const idx_t r = points ? points[i] : i;
+            const float* a = data.assign.row(data.assign_ids ? data.assign_ids[r] : r);
+            const float* cj = centroids + labels[i] * d;
             for (idx_t t = 0; t < d; ++t) {
                 const double diff = static_cast<double>(a[t]) - cj[t];
                 acc += diff * diff;
@@ -323,11 +387,11 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
         }
         partial[b / kChunk] = acc;
     });
-    double inertia = 0;
-    for (double v : partial) inertia += v;
-    result.inertia = inertia;
-    for (idx_t j = 0; j < k; ++j) std::copy(c.data() + j * d, c.data() + (j + 1) * d, centroids.row(j));
-    return result;
+    double total = 0;
+    for (double v : partial) total += v;
+    return total;
 }
+
+}  // namespace kmeans_detail
 
 }  // namespace mudg_fast

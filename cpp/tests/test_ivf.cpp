@@ -9,6 +9,7 @@
 #include <set>
 
 #include "check.hpp"
+#include "mudg_fast/coarse_quantizer.hpp"
 #include "mudg_fast/ivf.hpp"
 #include "mudg_fast/topk.hpp"
 
@@ -469,6 +470,55 @@ TEST(bad_calls_throw_error) {
     for (int j = 0; j < 4; ++j) CHECK_EQ(i[j], idx_t{-1});
     empty.add(MatrixView<const float>(x.data(), 0, d), nullptr);
     CHECK_EQ(empty.ntotal(), idx_t{0});
+}
+
+TEST(two_level_quantizer_exact_when_every_cell_is_scanned) {
+    const idx_t n = 4000, d = 20, nlist = 150;
+    auto x = uniform(n * d, 71);
+    normalize(x, d);
+    auto flat = make_index(x, n, d, nlist, Codec::f32);
+    auto two = make_index(x, n, d, nlist, Codec::f32);
+    two->set_two_level_quantizer(12, 12, 3, 2);
+    CHECK(two->quantizer() && two->quantizer()->cells() == 12);
+    const MatrixView<const float> q(x.data(), 500, d);
+    for (int k : {1, 7}) {
+        std::vector<float> s0(500 * k), s1(500 * k);
+        std::vector<idx_t> l0(500 * k), l1(500 * k);
+        flat->coarse_search(q, k, MatrixView<float>(s0.data(), 500, k), MatrixView<idx_t>(l0.data(), 500, k));
+        for (int t : {1, 3}) {
+            two->coarse_search(q, k, MatrixView<float>(s1.data(), 500, k), MatrixView<idx_t>(l1.data(), 500, k), t);
+            CHECK(l0 == l1);
+            for (std::size_t j = 0; j < s0.size(); ++j) CHECK_BITS(s0[j], s1[j]);
+        }
+    }
+    // fewer cells scanned: a subset of the centroids, so never a better score than exact
+    two->set_quantizer_probe(2);
+    std::vector<float> s0(n), s1(n);
+    std::vector<idx_t> l0(n), l1(n);
+    const MatrixView<const float> all(x.data(), n, d);
+    flat->coarse_search(all, 1, MatrixView<float>(s0.data(), n, 1), MatrixView<idx_t>(l0.data(), n, 1));
+    two->coarse_search(all, 1, MatrixView<float>(s1.data(), n, 1), MatrixView<idx_t>(l1.data(), n, 1));
+    idx_t same = 0;
+    for (idx_t i = 0; i < n; ++i) {
+        CHECK(s1[i] <= s0[i]);
+        same += l0[i] == l1[i];
+    }
+    CHECK(same > n / 2 && same < n);  // measured: close to exact, and not trivially exact
+    // saved with the index, the fingerprint covers it
+    const std::string path = temp_path("quantizer");
+    two->add(all, nullptr);
+    two->save(path);
+    auto back = IvfIndex::load(path, true, true);
+    std::remove(path.c_str());
+    CHECK(back->quantizer() && back->quantizer()->probe() == 2 && back->fingerprint() == two->fingerprint());
+    CHECK(back->fingerprint() != flat->fingerprint());
+    for (idx_t l = 0; l < nlist; ++l) CHECK(back->list_ids(l) == two->list_ids(l));
+    CHECK_THROWS(two->set_quantizer_probe(0), Error, "probe must be >= 1");
+    CHECK_THROWS(flat->set_quantizer_probe(3), Error, "flat quantizer");
+    CHECK_THROWS(flat->set_two_level_quantizer(0, 3, 0), Error, "cells must be in [1, nlist=150]");
+    IvfIndex tiny(d, 3, Codec::f32);
+    tiny.set_centroids(MatrixView<const float>(x.data(), 3, d));
+    CHECK_THROWS(tiny.set_two_level_quantizer(2, 1, 0), Error, "too small for a two-level quantizer");
 }
 
 TEST(checksum64_is_stable_and_sensitive) {

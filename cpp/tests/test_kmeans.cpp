@@ -358,4 +358,80 @@ TEST(bad_parameters_throw_error) {
                  "centroid buffer has the wrong shape");
 }
 
+TEST(two_level_with_one_coarse_cluster_is_flat) {
+    const idx_t n = 3000, d = 20, k = 40;
+    const auto x = blobs(n, d, 25, 61);
+    for (idx_t mppc : {idx_t{0}, idx_t{30}}) {
+        KMeansParams p;
+        p.n_clusters = k;
+        p.max_iter = 6;
+        p.seed = 5;
+        p.max_points_per_centroid = mppc;
+        const Fit flat = fit(plain(x, n, d), p);
+        p.method = KMeansMethod::two_level;
+        p.n_coarse = 1;
+        const Fit two = fit(plain(x, n, d), p);
+        check_same(flat, two);
+        CHECK(two.result.coarse_counts == std::vector<idx_t>{k});
+    }
+}
+
+TEST(two_level_structure_and_determinism) {
+    const idx_t n = 6000, d = 24, k = 90;
+    const auto x = blobs(n, d, 70, 62);
+    KMeansParams p;
+    p.n_clusters = k;
+    p.max_iter = 5;
+    p.method = KMeansMethod::two_level;
+    p.n_threads = 1;
+    const Fit ref = fit(plain(x, n, d), p);
+    const auto& counts = ref.result.coarse_counts;
+    CHECK_EQ(static_cast<idx_t>(counts.size()), idx_t{9});  // round(sqrt(90))
+    CHECK_EQ(std::accumulate(counts.begin(), counts.end(), idx_t{0}), k);
+    CHECK(counts == allot_sub_clusters(ref.result.coarse_sizes, k));
+    for (std::size_t c = 0; c < counts.size(); ++c) CHECK((counts[c] >= 1) == (ref.result.coarse_sizes[c] > 0));
+    CHECK_NEAR(ref.result.inertia, inertia_of(x.data(), nullptr, n, ref.centroids, ref.labels, d), 1e-6 * ref.result.inertia);
+    for (int t : {2, 3}) {
+        p.n_threads = t;
+        check_same(ref, fit(plain(x, n, d), p));
+    }
+    p.n_threads = 2;
+    for (SimdLevel level : supported_simd_levels()) {
+        const SimdLevel before = simd_level();
+        set_simd_level(level);
+        const Fit f = fit(plain(x, n, d), p);
+        set_simd_level(before);
+        check_same(ref, f);
+    }
+    p.method = KMeansMethod::automatic;  // below kTwoLevelMinClusters: flat
+    CHECK(fit(plain(x, n, d), p).result.coarse_counts.empty());
+}
+
+TEST(allotment_edge_cases) {
+    CHECK(allot_sub_clusters({10, 30, 60}, 10) == (std::vector<idx_t>{1, 3, 6}));
+    CHECK(allot_sub_clusters({0, 7, 0}, 7) == (std::vector<idx_t>{0, 7, 0}));
+    CHECK(allot_sub_clusters({1, 1, 1, 97}, 4) == (std::vector<idx_t>{1, 1, 1, 1}));
+    CHECK(allot_sub_clusters({1, 1, 1, 97}, 100) == (std::vector<idx_t>{1, 1, 1, 97}));
+    CHECK_THROWS(allot_sub_clusters({2, 2, 2}, 2), Error, "cannot allot 2 centroids to 3 non-empty clusters");
+    CHECK_THROWS(allot_sub_clusters({2, -1}, 1), Error, "cluster sizes must be >= 0");
+}
+
+TEST(two_level_bad_parameters) {
+    const idx_t n = 50, d = 4;
+    const auto x = uniform(n * d, 63);
+    std::vector<float> c(20 * d);
+    std::vector<idx_t> lab(n);
+    KMeansParams p;
+    p.method = KMeansMethod::two_level;
+    auto run = [&](idx_t k) { kmeans_fit(plain(x, n, d), p, MatrixView<float>(c.data(), k, d), lab.data()); };
+    p.n_clusters = 3;
+    CHECK_THROWS(run(3), Error, "n_clusters=3 is too small for two-level k-means");
+    p.n_clusters = 8;
+    p.n_coarse = 9;
+    CHECK_THROWS(run(8), Error, "n_coarse must be in [1, n_clusters=8]");
+    p.n_coarse = 0;
+    p.init = KMeansInit::given;
+    CHECK_THROWS(run(8), Error, "need method='flat'");
+}
+
 int main(int argc, char** argv) { return mudg_test::run_all(argc, argv); }

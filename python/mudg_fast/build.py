@@ -58,6 +58,8 @@ from .build_plan import (  # noqa: F401 - re-exported: the build's public names 
 from .build_progress import _peak_rss_bytes, _Progress, _release_free_memory
 from .build_state import MANIFEST_FORMAT, _Checkpoints, _describe_changes, _fingerprint, _WorkDir
 from .index import CODECS, IVFIndex
+from .kmeans import METHODS, TWO_LEVEL_MIN_CLUSTERS
+from .quantizer import quantizer_defaults, resolve_quantizer
 from .shards import EmbeddingShards, ShardError, check_aligned, gather, sample_ids
 
 __all__ = [
@@ -91,6 +93,9 @@ def build_index(
     progress: Union[bool, Callable[[int, int], None]] = True,
     checkpoint_every: Optional[int] = None,
     work_dir=None,
+    kmeans_method: str = "auto",
+    quantizer: str = "auto",
+    quantizer_probe: Optional[int] = None,
 ) -> IVFIndex:
     """Builds an IVF index over the ``*.npy`` image shards of ``images_dir``; writes it to ``out``.
 
@@ -121,6 +126,11 @@ def build_index(
         (raise from it to stop the build; progress is kept for a resume).
     checkpoint_every : see the module docs (None adaptive, k every k shards, 0 never).
     work_dir : folder for the manifest and checkpoints (default ``<out>.build``).
+    kmeans_method : "flat", "two_level" or "auto" (two-level from 4096 lists), see
+        :class:`~mudg_fast.KMeans`.
+    quantizer, quantizer_probe : the index's coarse quantizer and its accuracy parameter, see
+        :class:`~mudg_fast.IVFIndex` ("auto": two-level from 16384 lists). Both decide where
+        vectors go, so they are part of what a resume must match.
 
     Returns
     -------
@@ -145,6 +155,12 @@ def build_index(
         raise BuildError(
             f"progress must be True, False or a callable(done, total), got {progress!r}"
         )
+    if kmeans_method not in METHODS:
+        raise BuildError(f"kmeans_method must be one of {METHODS}, got {kmeans_method!r}")
+    try:
+        q_kind, _, q_probe = resolve_quantizer(nlist, quantizer, None, quantizer_probe)
+    except (TypeError, ValueError) as e:
+        raise BuildError(str(e)) from None
     if out is None:
         raise BuildError("out (the index file to write) is required")
     out = Path(out)
@@ -190,6 +206,12 @@ def build_index(
             "training": "paired" if captions is not None else "standard",
             "pairing": "nearest" if captions is not None else None,
         }
+        # Recorded when they change the result, so that the manifests of flat builds (all builds
+        # before these options existed) still match and resume.
+        method = "two_level" if kmeans_method == "two_level" or (
+            kmeans_method == "auto" and nlist >= TWO_LEVEL_MIN_CLUSTERS) else "flat"
+        if method != "flat" or q_kind != "flat":
+            params.update(kmeans_method=method, quantizer=q_kind, quantizer_probe=q_probe)
         work.lock()
         try:
             return _build(
@@ -293,7 +315,13 @@ def _build(
 
     # -- estimates ------------------------------------------------------------------------------
     rates = _calibrate(plan.dim, plan.nlist, num_threads)
-    t_train, t_add = _time_model(plan, params["max_iter"], rates)
+    scores = None
+    if params.get("quantizer", "flat") == "two_level":
+        probe = params["quantizer_probe"]
+        cells = quantizer_defaults(plan.nlist)[0]
+        scores = cells + min(probe, cells) * plan.nlist / cells
+    t_train, t_add = _time_model(plan, params["max_iter"], rates,
+                                 two_level=params.get("kmeans_method") == "two_level", scores_per_vector=scores)
     dtypes = "/".join(str(t) for t in images.dtypes)
     say(
         f"{plan.n_shards} shards, {plan.ntotal:,} vectors x {plan.dim} ({dtypes}); "
@@ -435,17 +463,19 @@ def _train_or_resume(
     t0 = time.monotonic()
     ids = sample_ids(plan.ntotal, plan.train_size, params["seed"])
     xs = gather(images, ids)
-    index = IVFIndex(plan.dim, plan.nlist, codec=plan.codec, num_threads=num_threads)
+    index = IVFIndex(plan.dim, plan.nlist, codec=plan.codec, num_threads=num_threads,
+                     quantizer=params.get("quantizer", "flat"), quantizer_probe=params.get("quantizer_probe"))
+    method = params.get("kmeans_method", "flat")
     if captions is not None:
         ps = gather(captions, ids)
         say(f"training paired k-means on {len(ids):,} sampled pairs")
         index.train_paired(
-            xs, ps, pairing="nearest", max_iter=params["max_iter"], seed=params["seed"]
+            xs, ps, pairing="nearest", max_iter=params["max_iter"], seed=params["seed"], method=method
         )
         del ps
     else:
         say(f"training k-means on {len(ids):,} sampled vectors")
-        index.train(xs, max_iter=params["max_iter"], seed=params["seed"])
+        index.train(xs, max_iter=params["max_iter"], seed=params["seed"], method=method)
     del xs, ids
     images.close()
     if captions is not None:

@@ -276,15 +276,26 @@ def _calibrate(dim: int, nlist: int, num_threads) -> tuple[float, float]:
     return rows * c * dim / max(best_a, 1e-9), nq * ndb * dim / max(best_k, 1e-9)
 
 
-def _time_model(plan: BuildPlan, max_iter: int, rates: tuple[float, float]) -> tuple[float, float]:
-    """(training seconds, adding seconds) predicted from the measured rates."""
+def _time_model(plan: BuildPlan, max_iter: int, rates: tuple[float, float], *, two_level: bool = False,
+                scores_per_vector: Optional[float] = None) -> tuple[float, float]:
+    """(training seconds, adding seconds) predicted from the measured rates. ``two_level``: two-level
+    k-means (coarse k-means with sqrt(k) clusters on <= 1024 points each, labels, then sqrt(k)
+    centroids per point per iteration); ``scores_per_vector``: centroids a two-level quantizer
+    scores per added vector (default nlist: flat)."""
     assign_rate, knn_rate = rates
     n, k, d = plan.train_size, plan.nlist, plan.dim
-    fma = max_iter * min(n, 256 * k) * k * d + k * max(8 * k, 4096) * d  # Lloyd + k-means++ init
+    n = min(n, 256 * k)
+    if two_level:
+        k1 = max(1, round(k ** 0.5))
+        m = k / k1  # centroids per coarse cluster
+        fma = (max_iter * min(n, 1024 * k1) * k1 + n * k1 + max_iter * n * m) * d
+        fma += k1 * (m * max(8 * m, 4096) + k1 * 4096) * d  # k-means++ seeding of every fit
+    else:
+        fma = max_iter * n * k * d + k * max(8 * k, 4096) * d  # Lloyd + k-means++ init
     train = fma / assign_rate
     if plan.paired:
-        train += n * n * d / knn_rate  # exact nearest image of every sampled caption
-    add = plan.ntotal * k * d * 1.15 / assign_rate  # + encoding and list appends
+        train += plan.train_size * plan.train_size * d / knn_rate  # exact nearest image of every sampled caption
+    add = plan.ntotal * (scores_per_vector or k) * d * 1.15 / assign_rate  # + encoding and list appends
     return train, add
 
 

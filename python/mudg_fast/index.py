@@ -22,6 +22,7 @@ from . import _core
 from ._arrays import as_ids, as_matrix, check_k, resolve_threads
 from .kmeans import KMeans, PairedKMeans
 from .reranking import open_source
+from .quantizer import resolve_quantizer
 
 __all__ = ["CODECS", "IVFIndex", "atomic_write"]
 
@@ -204,6 +205,16 @@ class IVFIndex:
         to its list centroid, divided by a per-list scale, against 16 per-dimension levels fitted
         by 1-D Lloyd-Max; see ``train_codec``).
     metric : "ip" (inner product; cosine for normalised vectors).
+    quantizer : the coarse quantizer that decides which list a vector joins and which lists a
+        query visits: "flat" (every centroid scored: exact), "two_level" (cell centres first, then
+        the centroids of the ``quantizer_probe`` best cells; ~20x fewer scores at nlist 131072) or
+        "auto" (two-level from 16384 lists). See :mod:`mudg_fast.quantizer`. A two-level
+        quantizer is trained on the centroids by ``train`` / ``train_paired`` / ``set_centroids``
+        (or ``set_quantizer``) and saved with the index.
+    quantizer_cells : two-level: number of cells (default round(sqrt(nlist))).
+    quantizer_probe : two-level: cells scanned per vector, the accuracy parameter (>= 1; at least
+        the number of cells scans every centroid and equals flat; default max(8, ceil(cells / 30))).
+        Change it later with ``quantizer_probe = ...``.
 
     Usage follows faiss: ``train`` (or ``train_paired`` / ``set_centroids``), ``add``, ``search``.
     Large query batches are searched list-major (each probed list is scanned once per batch by
@@ -211,7 +222,8 @@ class IVFIndex:
     """
 
     def __init__(self, dim: int, nlist: int, *, codec: str = "f32", metric: str = "ip",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, quantizer: str = "auto", quantizer_cells: int | None = None,
+                 quantizer_probe: int | None = None):
         for name, v, top in (("dim", dim, MAX_DIM), ("nlist", nlist, MAX_NLIST)):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or not 1 <= v <= top:
                 raise ValueError(f"{name} must be an integer in [1, {top}], got {v!r}")
@@ -219,6 +231,7 @@ class IVFIndex:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
         if metric != "ip":
             raise ValueError(f"metric must be 'ip' (inner product), got {metric!r}")
+        self._quantizer_spec = resolve_quantizer(int(nlist), quantizer, quantizer_cells, quantizer_probe)
         self.metric = metric
         self.num_threads = num_threads
         self._ix = _core.IvfIndex(int(dim), int(nlist), codec)
@@ -229,6 +242,10 @@ class IVFIndex:
         self.metric = "ip"
         self.num_threads = num_threads
         self._ix = native
+        self._quantizer_spec = ("flat", None, None)
+        if native.quantizer == "two_level":
+            st = native.quantizer_state()
+            self._quantizer_spec = ("two_level", int(st["cells"]), int(st["probe"]))
         return self
 
     # -- properties -------------------------------------------------------------------------------
@@ -262,7 +279,68 @@ class IVFIndex:
 
     def __repr__(self):
         return (f"IVFIndex(dim={self.dim}, nlist={self.nlist}, codec={self.codec!r}, ntotal={self.ntotal}, "
-                f"trained={self.is_trained})")
+                f"trained={self.is_trained}, quantizer={self.quantizer!r})")
+
+    # -- coarse quantizer -------------------------------------------------------------------------
+    @property
+    def quantizer(self) -> str:
+        """"flat" or "two_level": the coarse quantizer in use (before training: the one chosen)."""
+        return self._ix.quantizer if self._ix.has_centroids else self._quantizer_spec[0]
+
+    @property
+    def quantizer_cells(self) -> int | None:
+        """Two-level: the number of cells; None for flat."""
+        return self._quantizer_spec[1]
+
+    @property
+    def quantizer_probe(self) -> int | None:
+        """Two-level: cells scanned per vector (the accuracy parameter); None for flat."""
+        return self._quantizer_spec[2]
+
+    @quantizer_probe.setter
+    def quantizer_probe(self, probe: int) -> None:
+        kind, cells, _ = self._quantizer_spec
+        if kind != "two_level":
+            raise ValueError("quantizer_probe applies to a two-level quantizer; this index's is flat "
+                             "(it scores every centroid)")
+        _, _, probe = resolve_quantizer(self.nlist, "two_level", cells, probe)
+        if self._ix.has_centroids:
+            self._ix.set_quantizer_probe(probe)
+        self._quantizer_spec = (kind, cells, probe)
+
+    def set_quantizer(self, quantizer: str = "two_level", *, cells: int | None = None, probe: int | None = None,
+                      seed: int = 0) -> IVFIndex:
+        """Chooses the coarse quantizer ("flat", "two_level" or "auto", see the class docs) and, when
+        the index has centroids, trains it on them now. Allowed at any time: vectors added before
+        stay in their lists, later ones are assigned by the new quantizer (the fingerprint
+        changes). Not while another thread searches or adds."""
+        spec = resolve_quantizer(self.nlist, quantizer, cells, probe)
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self._quantizer_spec = spec
+        if self._ix.has_centroids:
+            self._apply_quantizer(int(seed))
+        return self
+
+    def quantizer_info(self) -> dict:
+        """The coarse quantizer: {"quantizer", "cells", "probe", "scores_per_vector" (centroids
+        plus cell centres scored per vector on average; nlist for flat), "cell_sizes"}."""
+        if self._ix.has_centroids and self._ix.quantizer == "two_level":
+            st = self._ix.quantizer_state()
+            return {"quantizer": "two_level", "cells": int(st["cells"]), "probe": int(st["probe"]),
+                    "scores_per_vector": float(st["expected_scores"]),
+                    "cell_sizes": np.bincount(st["cell_of"], minlength=int(st["cells"]))}
+        kind, cells, probe = self._quantizer_spec
+        return {"quantizer": kind, "cells": cells, "probe": probe,
+                "scores_per_vector": float(self.nlist) if kind == "flat" else None, "cell_sizes": None}
+
+    def _apply_quantizer(self, seed: int) -> None:
+        kind, cells, probe = self._quantizer_spec
+        if kind == "flat":
+            self._ix.set_flat_quantizer()
+        else:
+            self._ix.set_two_level_quantizer(cells, probe, seed & 0xFFFFFFFFFFFFFFFF,
+                                             resolve_threads(self.num_threads))
 
     # -- training ---------------------------------------------------------------------------------
     def _check_empty(self, what):
@@ -271,24 +349,30 @@ class IVFIndex:
                                "train before adding")
 
     def train(self, x, *, max_iter: int = 20, seed: int = 0, max_points_per_centroid: int = 256,
-              verbose: bool = False) -> IVFIndex:
+              verbose: bool = False, method: str = "auto", n_coarse: int | None = None) -> IVFIndex:
         """Spherical k-means centroids on x (a seeded sample of nlist * max_points_per_centroid
-        rows when x is larger), and the codec's parameters on a seeded sample of x."""
+        rows when x is larger), the coarse quantizer on them, and the codec's parameters on a
+        seeded sample of x. ``method`` / ``n_coarse``: flat or two-level k-means, as for
+        :class:`~mudg_fast.KMeans` ("auto": two-level from 4096 lists)."""
         self._check_empty("train()")
         x = as_matrix(x, name="x", dim=self.dim)
         if x.shape[0] < self.nlist:
             raise ValueError(f"need at least nlist={self.nlist} training vectors, got {x.shape[0]}")
         km = KMeans(self.nlist, max_iter=max_iter, seed=seed, spherical=True,
                     max_points_per_centroid=max_points_per_centroid, num_threads=self.num_threads,
-                    verbose=verbose).fit(x)
+                    verbose=verbose, method=method, n_coarse=n_coarse).fit(x)
         self._ix.set_centroids(km.cluster_centers_)
+        self._apply_quantizer(int(seed))
         self.train_codec(x, seed=seed)
         return self
 
     def train_paired(self, images, captions, pairing: str = "nearest", *, max_iter: int = 20, seed: int = 0,
-                     max_points_per_centroid: int = 256, verbose: bool = False) -> IVFIndex:
+                     max_points_per_centroid: int = 256, verbose: bool = False, method: str = "auto",
+                     n_coarse: int | None = None) -> IVFIndex:
         """Paired k-means centroids in caption space (SPEC §1), so that text queries probe the
-        cells that hold their nearest images; the codec is trained on the images."""
+        cells that hold their nearest images; then the coarse quantizer; the codec is trained on
+        the images. ``method`` / ``n_coarse`` as for :meth:`train` (two-level k-means is paired at
+        both levels)."""
         self._check_empty("train_paired()")
         images = as_matrix(images, name="images", dim=self.dim)
         captions = as_matrix(captions, name="captions", dim=self.dim)
@@ -296,18 +380,23 @@ class IVFIndex:
             raise ValueError(f"need at least nlist={self.nlist} training pairs, got {captions.shape[0]}")
         pk = PairedKMeans(self.nlist, max_iter=max_iter, seed=seed, spherical=True,
                           max_points_per_centroid=max_points_per_centroid, num_threads=self.num_threads,
-                          verbose=verbose).fit(images, captions, pairing=pairing)
+                          verbose=verbose, method=method, n_coarse=n_coarse).fit(images, captions, pairing=pairing)
         self._ix.set_centroids(pk.cluster_centers_)
+        self._apply_quantizer(int(seed))
         self.train_codec(images, seed=seed)
         return self
 
-    def set_centroids(self, centroids) -> IVFIndex:
-        """Use given coarse centroids (nlist, dim). Quantised codecs still need train_codec()."""
+    def set_centroids(self, centroids, *, seed: int = 0) -> IVFIndex:
+        """Use given coarse centroids (nlist, dim); a two-level quantizer is trained on them (with
+        ``seed``). Quantised codecs still need train_codec()."""
         self._check_empty("set_centroids()")
         c = as_matrix(centroids, name="centroids", dim=self.dim)
         if c.shape[0] != self.nlist:
             raise ValueError(f"centroids must have {self.nlist} rows, got {c.shape[0]}")
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self._ix.set_centroids(c)
+        self._apply_quantizer(int(seed))
         return self
 
     def codec_params(self) -> tuple[np.ndarray, np.ndarray]:
@@ -425,7 +514,8 @@ class IVFIndex:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def probe(self, queries, nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """The coarse stage of ``search``: the ``nprobe`` lists nearest to each query.
+        """The coarse stage of ``search``: the ``nprobe`` lists nearest to each query by the coarse
+        quantizer (the exact nearest with a flat one; see ``quantizer``).
 
         Returns (scores float32 (nq, nprobe), lists int64 (nq, nprobe)), best first, padded with
         (-inf, -1) past nlist. ``search_probed(queries, k, lists)`` then gives exactly what

@@ -1,8 +1,9 @@
 """Export to faiss: an equivalent standard faiss IVF index that faiss, autofaiss and clip-retrieval
 can load (``faiss.write_index`` / ``faiss.read_index``).
 
-The coarse quantizer is an ``IndexFlatIP`` holding our centroids, and every inverted list holds
-the same ids, in the same order, with the same decoded vectors:
+The coarse quantizer is an ``IndexFlatIP`` holding our centroids (a two-level quantizer: see
+below), and every inverted list holds the same ids, in the same order, with the same decoded
+vectors:
 
 ======  ==========================================  =============================================
 codec   faiss index                                 vectors
@@ -32,6 +33,17 @@ the levels themselves in the direct form of older files) in an ``IndexIVFFlat`` 
 the memory of the 4-bit codes: faiss then scores exactly the vectors ``reconstruct`` returns, and
 its scores equal ours up to float rounding (ours are ``fma(scale, <q, levels>, <q, centroid>)``),
 so the results agree but for near ties. Vectors added to the export are stored unquantised.
+
+Two-level quantizer (``quantizer="two_level"``). faiss expresses it exactly as a nested IVF: the
+IVF index's quantizer is an ``IndexIVFFlat`` over our centroids (ids = list numbers) whose own
+quantizer is an ``IndexFlatIP`` of our cell centres, each of its lists holding the centroids of
+one cell, with ``nprobe`` = our ``quantizer_probe``. faiss then scores the same cells and the same
+centroids, so ``add`` and ``search`` choose the same lists as ours (faiss's own HNSW quantizer,
+``IVF..._HNSW32``, is a different structure and would choose differently). What faiss cannot
+reproduce: the order of exactly tied scores (ours: lower id first; faiss's heap order is
+unspecified), and our cell-major batching (results are the same, only speed differs). Changing
+``quantizer_probe`` later on our side does not change the exported ``quantizer.nprobe``; set it
+with ``faiss.extract_index_ivf(index).quantizer`` after ``faiss.downcast_index``.
 
 Lists are read with ``IVFIndex.list_ids`` and ``IVFIndex.reconstruct``; an index in which one id
 occurs twice cannot be exported that way (``reconstruct`` returns one vector per id) and raises.
@@ -74,6 +86,36 @@ def _sq8_codes(x: np.ndarray, vmin: np.ndarray, step: np.ndarray) -> np.ndarray:
     return codes
 
 
+def _quantizer(faiss, index):
+    """faiss's form of the index's coarse quantizer: IndexFlatIP of the centroids (flat), or an
+    IndexIVFFlat over them with the cell centres as its quantizer (two-level)."""
+    d, nlist = index.dim, index.nlist
+    centroids = np.ascontiguousarray(index.centroids, dtype=np.float32)
+    if index.quantizer != "two_level":
+        flat = faiss.IndexFlatIP(d)
+        flat.add(centroids)
+        return flat
+    state = index._ix.quantizer_state()
+    cells = int(state["cells"])
+    top = faiss.IndexFlatIP(d)
+    top.add(np.ascontiguousarray(state["cell_centres"], dtype=np.float32))
+    nested = faiss.IndexIVFFlat(top, d, cells, faiss.METRIC_INNER_PRODUCT)
+    top.this.disown()
+    nested.own_fields = True
+    nested.is_trained = True
+    cell_of = state["cell_of"]
+    order = np.argsort(cell_of, kind="stable")  # centroids of each cell, ascending
+    bounds = np.searchsorted(cell_of[order], np.arange(cells + 1))
+    for s in range(cells):
+        ids = np.ascontiguousarray(order[bounds[s]:bounds[s + 1]], dtype=np.int64)
+        if ids.shape[0]:
+            codes = np.ascontiguousarray(centroids[ids]).view(np.uint8)
+            nested.invlists.add_entries(s, ids.shape[0], faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+    nested.ntotal = nlist
+    nested.nprobe = int(min(int(state["probe"]), cells))
+    return nested
+
+
 def ivf_to_faiss(index, *, nprobe: int = 8):
     """An equivalent faiss index for an :class:`~mudg_fast.IVFIndex` (see the module docs).
 
@@ -100,8 +142,7 @@ def ivf_to_faiss(index, *, nprobe: int = 8):
                 "needs unique ids (give the vectors distinct ids when adding them)"
             )
 
-    quantizer = faiss.IndexFlatIP(d)
-    quantizer.add(np.ascontiguousarray(index.centroids, dtype=np.float32))
+    quantizer = _quantizer(faiss, index)
     ip = faiss.METRIC_INNER_PRODUCT
     if codec in ("f32", "sq4"):
         out = faiss.IndexIVFFlat(quantizer, d, nlist, ip)

@@ -17,7 +17,12 @@ from ._sklearn_protocol import (BaseEstimator, ClusterMixin, TransformerMixin, c
                                 record_features)
 from .search import knn
 
-__all__ = ["KMeans", "PairedKMeans", "kmeans", "paired_kmeans"]
+__all__ = ["KMeans", "PairedKMeans", "kmeans", "paired_kmeans", "METHODS", "TWO_LEVEL_MIN_CLUSTERS"]
+
+#: k-means methods: see ``KMeans``'s ``method``.
+METHODS = ("flat", "two_level", "auto")
+#: ``method="auto"`` fits two-level k-means from this many clusters (read from the core).
+TWO_LEVEL_MIN_CLUSTERS = int(_core.two_level_min_clusters)
 
 # Rows per block when transform/score compute float64 distances (bounds their temporary memory).
 _DIST_BLOCK = 4096
@@ -39,7 +44,17 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     max_points_per_centroid : train on a seeded sample of ``n_clusters * max_points_per_centroid``
         points when there are more (faiss's convention); ``labels_`` still covers every point.
     num_threads : None uses all cores (OMP_NUM_THREADS is honoured).
-    verbose : print one line per iteration to stderr.
+    verbose : print one line per iteration to stderr (two-level: one line per fit).
+    method : "flat" (Lloyd over all centroids), "two_level" (a coarse k-means with ``n_coarse``
+        clusters, then one k-means per coarse cluster with a share of the ``n_clusters`` centroids
+        proportional to its size; about sqrt(n_clusters) / 2 times fewer distance computations, so
+        n_clusters = 131072 trains in hours on a CPU), or "auto" (the default): two-level from
+        ``TWO_LEVEL_MIN_CLUSTERS`` = 4096 clusters, where a flat fit starts to take hours on a
+        few cores and the small quality edge of exact assignment stops paying for it.
+        Paired data is paired at both levels. A two-level fit compares each point only with the
+        centroids of its coarse cluster, in training and in ``labels_``.
+    n_coarse : two-level: coarse clusters, in [1, n_clusters]; None: round(sqrt(n_clusters)).
+        With n_coarse=1 the result equals the flat fit.
 
     The constructor only stores its arguments (scikit-learn's rule); ``fit`` checks them.
 
@@ -52,6 +67,16 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     objective_history_ : float64 of shape ``(n_iter_,)``: sum of assignment scores per iteration
         (spherical: sum of cosines); non-decreasing.
     iteration_seconds_ : float64 of shape ``(n_iter_,)``, seconds per iteration
+    method_ : "flat" or "two_level", the method used ("auto" resolved).
+    coarse_centers_ : two-level: float32 of shape ``(n_coarse, d)``, the coarse centroids; None for
+        a flat fit.
+    coarse_counts_ : two-level: int64 of shape ``(n_coarse,)``, centroids per coarse cluster (they
+        sum to n_clusters, each non-empty coarse cluster has at least one); the centroids are
+        grouped by coarse cluster: cluster c owns ``coarse_counts_[c]`` rows after those of
+        clusters < c. None for a flat fit.
+    coarse_sizes_ : two-level: int64 of shape ``(n_coarse,)``, training points per coarse cluster;
+        None for flat.
+    stage_seconds_ : two-level: {"coarse", "fine", "labels"} seconds; None for flat.
     n_features_in_ : int, the dimension seen by ``fit``.
     feature_names_in_ : object array of shape ``(n_features_in_,)``, the column names when ``fit``
         was given a data frame with string column names.
@@ -62,7 +87,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def __init__(self, n_clusters: int = 8, *, max_iter: int = 20, init="k-means++", seed: int = 0,
                  spherical: bool = True, max_points_per_centroid: int | None = None,
-                 num_threads: int | None = None, verbose: bool = False):
+                 num_threads: int | None = None, verbose: bool = False, method: str = "auto",
+                 n_coarse: int | None = None):
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.init = init
@@ -71,6 +97,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.max_points_per_centroid = max_points_per_centroid
         self.num_threads = num_threads
         self.verbose = verbose
+        self.method = method
+        self.n_coarse = n_coarse
 
     # -- parameters ---------------------------------------------------------------------------
     def _check_params(self, n: int, d: int):
@@ -103,18 +131,44 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             init = "given"
         if mppc is not None and int(mppc) * int(k) >= n:  # the sample would be every point
             mppc = None
-        return int(k), init, init_centroids, int(seed) & 0xFFFFFFFFFFFFFFFF, int(mppc or 0)
+        method = self._check_method(int(k), init)
+        return int(k), init, init_centroids, int(seed) & 0xFFFFFFFFFFFFFFFF, int(mppc or 0), method
+
+    def _check_method(self, k: int, init: str) -> str:
+        method = self.method
+        if not isinstance(method, str) or method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        nc = self.n_coarse
+        if nc is not None and (isinstance(nc, (bool, np.bool_)) or not isinstance(nc, numbers.Integral)
+                               or not 1 <= nc <= k):
+            raise ValueError(f"n_coarse must be None or an integer in [1, n_clusters={k}], got {nc!r}")
+        if method == "auto":
+            method = "two_level" if k >= TWO_LEVEL_MIN_CLUSTERS else "flat"
+        if method == "two_level":
+            if init == "given":
+                raise ValueError("method='two_level' chooses its initial centroids itself; an init array "
+                                 "needs method='flat'")
+            if nc is None and k < 4:
+                raise ValueError(f"n_clusters={k} is too small for two-level k-means (it needs at least 4: "
+                                 "two coarse clusters of two); use method='flat'")
+        return method
 
     def _run(self, x, assign, assign_ids, update):
-        k, init, init_centroids, seed, mppc = self._check_params(update.shape[0], update.shape[1])
+        k, init, init_centroids, seed, mppc, method = self._check_params(update.shape[0], update.shape[1])
         r = _core.kmeans_fit(assign, assign_ids, update, k, int(self.max_iter), bool(self.spherical), init,
-                             init_centroids, seed, mppc, resolve_threads(self.num_threads), bool(self.verbose))
+                             init_centroids, seed, mppc, resolve_threads(self.num_threads), bool(self.verbose),
+                             method, int(self.n_coarse or 0))
         self.cluster_centers_ = r["centroids"]
         self.labels_ = r["labels"]
         self.inertia_ = float(r["inertia"])
         self.n_iter_ = int(r["n_iter"])
         self.objective_history_ = np.asarray(r["objective"], dtype=np.float64)
         self.iteration_seconds_ = np.asarray(r["iteration_seconds"], dtype=np.float64)
+        self.method_ = r["method"]
+        self.coarse_centers_ = r.get("coarse_centroids")
+        self.coarse_counts_ = r.get("coarse_counts")
+        self.coarse_sizes_ = r.get("coarse_sizes")
+        self.stage_seconds_ = r.get("stage_seconds")
         record_features(self, x, update.shape[1])
         return self
 

@@ -32,7 +32,14 @@ __all__ = [
 
 @dataclass
 class RecallResult:
-    """recall@k, queries per second and seconds per nprobe (lists aligned with ``nprobes``)."""
+    """recall@k, queries per second and seconds per nprobe (lists aligned with ``nprobes``).
+
+    For an :class:`~mudg_fast.IVFIndex` also its coarse quantizer's diagnostics: ``quantizer``
+    ("flat" / "two_level"), ``quantizer_top1`` (fraction of queries whose first probed list is
+    their exact nearest centroid), and per nprobe ``cells_kept`` (fraction of the exact nprobe
+    nearest centroids among the probed lists), ``coarse_seconds`` (the fastest ``probe`` of all
+    queries) and ``coarse_share`` (coarse_seconds / seconds: the coarse stage's share of search
+    time). None for other indexes."""
 
     k: int
     n_queries: int
@@ -42,6 +49,16 @@ class RecallResult:
     seconds: list
     nlist: Optional[int] = None
     per_query: Optional[np.ndarray] = field(default=None, repr=False)  # (len(nprobes), n_queries)
+    quantizer: Optional[str] = None
+    quantizer_top1: Optional[float] = None
+    cells_kept: Optional[list] = None
+    coarse_seconds: Optional[list] = None
+
+    @property
+    def coarse_share(self) -> Optional[list]:
+        if self.coarse_seconds is None:
+            return None
+        return [c / s if s > 0 else float("nan") for c, s in zip(self.coarse_seconds, self.seconds)]
 
     def __getitem__(self, nprobe: int) -> dict:
         """``result[8]`` -> {"nprobe": 8, "recall": ..., "qps": ..., "seconds": ...}."""
@@ -51,28 +68,38 @@ class RecallResult:
             raise KeyError(
                 f"nprobe {nprobe} was not evaluated (evaluated: {self.nprobes})"
             ) from None
-        return {
+        row = {
             "nprobe": self.nprobes[j],
             "recall": self.recall[j],
             "qps": self.qps[j],
             "seconds": self.seconds[j],
         }
+        if self.coarse_seconds is not None:
+            row["cells_kept"] = self.cells_kept[j]
+            row["coarse_seconds"] = self.coarse_seconds[j]
+            row["coarse_share"] = self.coarse_share[j]
+        return row
 
     def rows(self) -> list:
         return [self[p] for p in self.nprobes]
 
     def to_dict(self) -> dict:
         """JSON-ready dict (without per-query values)."""
-        return {
+        out = {
             "k": self.k,
             "n_queries": self.n_queries,
             "nlist": self.nlist,
             "results": self.rows(),
         }
+        if self.quantizer is not None:
+            out["quantizer"] = self.quantizer
+            out["quantizer_top1"] = self.quantizer_top1
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RecallResult":
         rows = d["results"]
+        coarse = all("coarse_seconds" in r for r in rows) and "quantizer" in d
         return cls(
             k=int(d["k"]),
             n_queries=int(d["n_queries"]),
@@ -81,14 +108,26 @@ class RecallResult:
             recall=[float(r["recall"]) for r in rows],
             qps=[float(r["qps"]) for r in rows],
             seconds=[float(r["seconds"]) for r in rows],
+            quantizer=d.get("quantizer"),
+            quantizer_top1=d.get("quantizer_top1"),
+            cells_kept=[float(r["cells_kept"]) for r in rows] if coarse else None,
+            coarse_seconds=[float(r["coarse_seconds"]) for r in rows] if coarse else None,
         )
 
     def table(self) -> str:
-        lines = [f"{'nprobe':>6}  {'recall@' + str(self.k):>10}  {'QPS':>10}  {'seconds':>9}"]
+        coarse = self.coarse_seconds is not None
+        head = f"{'nprobe':>6}  {'recall@' + str(self.k):>10}  {'QPS':>10}  {'seconds':>9}"
+        if coarse:
+            head += f"  {'cells kept':>10}  {'coarse share':>12}"
+        lines = [head]
         for r in self.rows():
-            lines.append(
-                f"{r['nprobe']:>6}  {r['recall']:>10.4f}  {r['qps']:>10,.0f}  {r['seconds']:>9.4f}"
-            )
+            line = f"{r['nprobe']:>6}  {r['recall']:>10.4f}  {r['qps']:>10,.0f}  {r['seconds']:>9.4f}"
+            if coarse:
+                line += f"  {r['cells_kept']:>10.4f}  {r['coarse_share']:>12.1%}"
+            lines.append(line)
+        if coarse:
+            lines.append(f"quantizer {self.quantizer}: top-1 agreement with exact assignment "
+                         f"{self.quantizer_top1:.4f}")
         return "\n".join(lines)
 
 
@@ -209,6 +248,11 @@ def evaluate_recall(
         repeatedly (at least once, at most 10 times) until ``min_seconds`` have been spent;
         ``seconds`` is the fastest run and ``qps = nq / seconds``. Recall comes from the first run
         (every run returns the same ids).
+
+    With an IVFIndex, the result also reports its coarse quantizer (see :class:`RecallResult`):
+    the top-1 agreement with exact assignment and the exact cells kept are measured against an
+    exact search of the queries over all centroids; ``coarse_seconds`` times ``index.probe`` the
+    same way as the search.
     """
     k = check_k(k)
     nprobes = _check_nprobes(nprobes)
@@ -233,21 +277,40 @@ def evaluate_recall(
                 f"{gt.dtype} {gt.shape}"
             )
         gt = gt[:, :k].astype(np.int64)
-    recalls, qps, secs, per_query = [], [], [], []
-    for nprobe in nprobes:
-        _search(index, q[:64], k, nprobe)
-        ids, dt, spent, runs = None, math.inf, 0.0, 0
+    from .index import IVFIndex
+
+    ours = isinstance(index, IVFIndex)
+    if ours:  # the exact nearest centroids, for the quantizer's agreement
+        _, exact_cells = knn(q, index.centroids, min(max(nprobes), index.nlist), num_threads=num_threads)
+
+    def timed(fn):
+        """Fastest of repeated runs (at least one, at most 10, until min_seconds), first result."""
+        out, dt, spent, runs = None, math.inf, 0.0, 0
         while runs < 1 or (spent < min_seconds and runs < 10):
             t0 = time.perf_counter()
-            _, got = _search(index, q, k, nprobe)
+            got = fn()
             t = time.perf_counter() - t0
-            ids = got if ids is None else ids
+            out = got if out is None else out
             dt, spent, runs = min(dt, t), spent + t, runs + 1
+        return out, dt
+
+    recalls, qps, secs, per_query, kept, coarse = [], [], [], [], [], []
+    top1 = None
+    for nprobe in nprobes:
+        _search(index, q[:64], k, nprobe)
+        (_, ids), dt = timed(lambda: _search(index, q, k, nprobe))
         r = recall_at_k(ids, gt, k)
         per_query.append(r)
         recalls.append(float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"))
         secs.append(dt)
         qps.append(q.shape[0] / dt if dt > 0 else math.inf)
+        if ours:
+            (_, lists), ct = timed(lambda: index.probe(q, nprobe))
+            coarse.append(ct)
+            e = exact_cells[:, :nprobe]
+            kept.append(float(np.nanmean(recall_at_k(lists, e, e.shape[1]))))
+            if top1 is None:
+                top1 = float(np.mean(lists[:, 0] == exact_cells[:, 0]))
     return RecallResult(
         k=k,
         n_queries=int(q.shape[0]),
@@ -257,6 +320,10 @@ def evaluate_recall(
         seconds=secs,
         nlist=getattr(index, "nlist", None),
         per_query=np.stack(per_query),
+        quantizer=index.quantizer if ours else None,
+        quantizer_top1=top1,
+        cells_kept=kept if ours else None,
+        coarse_seconds=coarse if ours else None,
     )
 
 

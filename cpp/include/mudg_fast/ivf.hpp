@@ -46,6 +46,8 @@ private:
 
 /// A read-only view of a file mapped into memory (or read into memory when mapping is off).
 class FileMapping;
+/// The fast coarse quantizer for large nlist (coarse_quantizer.hpp).
+class TwoLevelQuantizer;
 
 /// Four-character tag of a file extension record, e.g. fourcc("META").
 constexpr std::uint32_t fourcc(const char (&s)[5]) noexcept {
@@ -83,9 +85,28 @@ public:
     bool codec_trained() const noexcept { return codec_ == Codec::f32 || codec_ == Codec::f16 || !sq_a_.empty(); }
     bool is_trained() const noexcept { return has_centroids() && codec_trained(); }
 
-    /// centroids [nlist x dim]; allowed only while the index is empty.
+    /// centroids [nlist x dim]; allowed only while the index is empty. Resets the coarse
+    /// quantizer to flat (a two-level one belongs to the centroids it was trained on).
     void set_centroids(MatrixView<const float> centroids);
     const std::vector<float>& centroids() const noexcept { return centroids_; }
+
+    /// The coarse quantizer decides which list add() puts a vector in and which lists probe() /
+    /// search() visit. Flat (the default): every centroid is scored, the exact nearest lists.
+    /// Two-level (TwoLevelQuantizer): trained here on the current centroids with `cells` cells
+    /// and `probe` cells scanned per vector; its state is saved with the index (a required
+    /// extension record) and enters the fingerprint. Either may be set at any time: vectors added
+    /// before stay in their lists.
+    void set_two_level_quantizer(idx_t cells, int probe, std::uint64_t seed, int n_threads = 0);
+    void set_flat_quantizer() noexcept;
+    /// The two-level quantizer's accuracy: cells scanned per vector (>= 1; at least its number
+    /// of cells means all: exact). Not while another thread searches or adds.
+    void set_quantizer_probe(int probe);
+    /// The two-level quantizer, or null for flat.
+    const TwoLevelQuantizer* quantizer() const noexcept { return quantizer_.get(); }
+    /// The k nearest lists of each row of x by the quantizer (inner product, best first, padded
+    /// with (-inf, -1)): exact with the flat quantizer.
+    void coarse_search(MatrixView<const float> x, int k, MatrixView<float> out_scores, MatrixView<idx_t> out_lists,
+                       int n_threads = 0) const;
 
     /// Trains the scalar quantiser on `sample` (SQ8: 256 levels over each dimension's sample
     /// range; SQ4: 16 per-dimension levels by 1-D Lloyd-Max from quantile starts).
@@ -205,6 +226,7 @@ private:
     std::shared_ptr<FileMapping> mapping_;
     std::string metadata_;
     std::vector<IvfExtension> unknown_extensions_;  // optional records of a newer version, kept
+    std::unique_ptr<TwoLevelQuantizer> quantizer_;  // null: flat
     // id -> (list, position), built lazily by the first reconstruct(); concurrent readers
     // (several Python threads) build it once, under the mutex.
     mutable std::vector<std::pair<idx_t, std::int64_t>> id_map_;

@@ -74,6 +74,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="nprobe you plan to search with (for the cost estimate)",
     )
     p.add_argument("--max_iter", type=int, default=20, help="k-means iterations (default 20)")
+    p.add_argument(
+        "--kmeans_method",
+        choices=("flat", "two_level", "auto"),
+        default="auto",
+        help="flat or two-level k-means (default auto: two-level from 4096 lists)",
+    )
+    p.add_argument(
+        "--quantizer",
+        choices=("flat", "two_level", "auto"),
+        default="auto",
+        help="coarse quantizer (default auto: two-level from 16384 lists)",
+    )
+    p.add_argument(
+        "--quantizer_probe",
+        type=int,
+        help="two-level quantizer: cells scanned per vector, its accuracy (default max(8, cells/30))",
+    )
     p.add_argument("--num_threads", type=int, help="threads (default: all cores)")
     p.add_argument(
         "--checkpoint_every",
@@ -114,6 +131,9 @@ def run(args) -> int:
             progress=args.progress,
             checkpoint_every=args.checkpoint_every,
             work_dir=args.work_dir,
+            kmeans_method=args.kmeans_method,
+            quantizer=args.quantizer,
+            quantizer_probe=args.quantizer_probe,
         )
     except (BuildError, ShardError, FileNotFoundError) as e:
         raise CliError(str(e)) from e

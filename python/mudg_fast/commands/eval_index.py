@@ -1,7 +1,9 @@
 """``mudg-fast eval-index``: recall@k of one or two indexes against exact search, per nprobe.
 
-Prints a table, and optionally writes a JSON report and a PNG plot (standard and paired side by
-side when ``--paired_index`` is given). ``--queries`` and ``--database`` are ``.npy`` files or
+Prints a table and each index's coarse quantizer diagnostics (top-1 agreement with exact
+assignment, the exact top-nprobe cells its probes keep, the coarse stage's share of search
+time), and optionally writes a JSON report and a PNG plot (standard and paired side by side when
+``--paired_index`` is given). ``--queries`` and ``--database`` are ``.npy`` files or
 folders of ``.npy`` shards (clip-retrieval layout); a shard-folder database is searched exactly
 batch by batch, so it never has to fit in memory. With ``--pairs``, row i of queries and database
 are one caption/image pair and the report includes the modality gap.
@@ -209,6 +211,14 @@ def run(args) -> int:
             f"{p:>6}"
             + "".join(f"  {r.recall[j]:>18.4f}  {r.qps[j]:>9,.0f}" for r in results.values())
         )
+    for label, r in results.items():
+        if r.quantizer is None:
+            continue
+        kept = ", ".join(f"{p}: {c:.4f}" for p, c in zip(nprobes, r.cells_kept))
+        share = ", ".join(f"{p}: {c:.0%}" for p, c in zip(nprobes, r.coarse_share))
+        print(f"{label}: {r.quantizer} quantizer, top-1 agreement with exact assignment "
+              f"{r.quantizer_top1:.4f}; exact top-nprobe cells kept {kept}; coarse stage share of "
+              f"search time {share}")
     if gap is not None:
         print(
             f"modality gap ({gap['n_pairs']:,} pairs): matched cosine "
@@ -233,6 +243,7 @@ def run(args) -> int:
                     "nlist": ix.nlist,
                     "ntotal": ix.ntotal,
                     "codec": ix.codec,
+                    "quantizer": {key: v for key, v in ix.quantizer_info().items() if key != "cell_sizes"},
                 }
                 for (label, ix), path in zip(indexes.items(), paths)
             },
