@@ -132,8 +132,14 @@ void IvfIndex::set_centroids(MatrixView<const float> c) {
                (long long)ntotal_);
     MUDG_CHECK(c.rows == nlist_ && c.cols == dim_, "centroids must have shape (%lld, %lld), got (%lld, %lld)",
                (long long)nlist_, (long long)dim_, (long long)c.rows, (long long)c.cols);
-    centroids_.resize(static_cast<std::size_t>(nlist_ * dim_));
-    for (idx_t i = 0; i < nlist_; ++i) std::copy(c.row(i), c.row(i) + dim_, centroids_.data() + i * dim_);
+    auto cent = std::make_shared<std::vector<float>>(static_cast<std::size_t>(nlist_ * dim_));
+    for (idx_t i = 0; i < nlist_; ++i) std::copy(c.row(i), c.row(i) + dim_, cent->data() + i * dim_);
+    centroids_ = std::move(cent);
+}
+
+const std::vector<float>& IvfIndex::centroids() const noexcept {
+    static const std::vector<float> none;
+    return centroids_ ? *centroids_ : none;
 }
 
 void IvfIndex::make_owned(List& list) const {
@@ -205,7 +211,7 @@ void IvfIndex::add(MatrixView<const float> x, const idx_t* ids, int n_threads, c
 
 void IvfIndex::add_chunks(MatrixView<const float> x, const idx_t* ids, int n_threads, const ProgressFn& progress) {
     const idx_t n = x.rows;
-    const MatrixView<const float> cent(centroids_.data(), nlist_, dim_);
+    const MatrixView<const float> cent(centroids().data(), nlist_, dim_);
     const int nt = resolve_threads(n_threads);
     std::vector<Scratch> scratch(nt);
     std::vector<idx_t> assign(std::min(n, kAddChunk)), order(std::min(n, kAddChunk)), gen_ids;
@@ -307,7 +313,7 @@ void IvfIndex::merge_from(const IvfIndex& o) {
     MUDG_CHECK(&o != this, "cannot merge an index into itself");
     MUDG_CHECK(o.dim_ == dim_ && o.nlist_ == nlist_ && o.codec_ == codec_,
                "indexes differ in dim, nlist or codec and cannot be merged");
-    MUDG_CHECK(o.centroids_ == centroids_,
+    MUDG_CHECK(o.centroids_ == centroids_ || o.centroids() == centroids(),
                "indexes have different centroids: merge needs indexes trained together (same centroids)");
     MUDG_CHECK(o.sq_a_ == sq_a_ && o.sq_b_ == sq_b_, "indexes have different codec parameters and cannot be merged");
     MUDG_CHECK(o.fingerprint() == fingerprint(),

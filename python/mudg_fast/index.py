@@ -191,6 +191,23 @@ def _rerank_exact(q: np.ndarray, cand: np.ndarray, k: int, source, dim: int):
     return scores, ids
 
 
+def _metadata_bytes(metadata) -> bytes:
+    """The stored form of user metadata: sorted-key JSON in UTF-8 (empty for an empty mapping)."""
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping (e.g. a dict), got {type(metadata).__name__}")
+    bad = [k for k in metadata if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"metadata keys must be str, got {bad[0]!r}")
+    try:
+        text = json.dumps(dict(metadata), sort_keys=True, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata must hold str keys and finite JSON values: {e}") from None
+    raw = text.encode("utf-8") if metadata else b""
+    if len(raw) > _core.max_metadata_bytes:
+        raise ValueError(f"metadata is {len(raw)} bytes as JSON, at most {_core.max_metadata_bytes} are stored")
+    return raw
+
+
 class IVFIndex:
     """Inverted-file index for maximum inner product search over L2-normalised embeddings.
 
@@ -454,19 +471,7 @@ class IVFIndex:
     def set_metadata(self, metadata: Mapping) -> IVFIndex:
         """Replaces the metadata saved with the index: a mapping with str keys and JSON values
         (at most 1 MiB as JSON). It does not change how the index searches."""
-        if not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata must be a mapping (e.g. a dict), got {type(metadata).__name__}")
-        bad = [k for k in metadata if not isinstance(k, str)]
-        if bad:
-            raise ValueError(f"metadata keys must be str, got {bad[0]!r}")
-        try:
-            text = json.dumps(dict(metadata), sort_keys=True, allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"metadata must hold str keys and finite JSON values: {e}") from None
-        raw = text.encode("utf-8") if metadata else b""
-        if len(raw) > _core.max_metadata_bytes:
-            raise ValueError(f"metadata is {len(raw)} bytes as JSON, at most {_core.max_metadata_bytes} are stored")
-        self._ix.set_metadata(raw)
+        self._ix.set_metadata(_metadata_bytes(metadata))
         return self
 
     # -- persistence ------------------------------------------------------------------------------
