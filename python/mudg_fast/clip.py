@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ._extras import require
+
 __all__ = ["BUNDLE_FORMAT", "DEFAULT_MODEL", "ClipEncoder", "ClipParts", "decode_image",
            "load_images", "load_model", "resolve_device"]
 
@@ -43,12 +45,7 @@ DEFAULT_MODEL = "ViT-L-14"
 
 
 def _import_torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError("CLIP encoding and fine-tuning need PyTorch: "
-                          "pip install 'mudg_fast[clip]'") from e
-    return torch
+    return require("torch", "CLIP encoding and fine-tuning")
 
 
 def _import_open_clip(offline: bool = False):
@@ -57,11 +54,7 @@ def _import_open_clip(offline: bool = False):
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     _import_torch()
-    try:
-        import open_clip
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError("CLIP models need open_clip: pip install 'mudg_fast[clip]'") from e
-    return open_clip
+    return require("open_clip", "loading CLIP models")
 
 
 def _env_offline() -> bool:

@@ -155,6 +155,9 @@ def evaluate(*, model: str | None = None, pretrained: str | None = "openai",
     ``per_class`` (``label``, ``classname``, ``n``, both accuracies; None for classes without
     images).
     """
+    from ._extras import require
+
+    require("torch", "evaluating CLIP")
     from .clip import load_model, resolve_device
     from .train._io import atomic_write_json
     from .train.data import load_data

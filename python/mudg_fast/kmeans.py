@@ -49,12 +49,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     labels_ : int64 (n,) nearest centroid of every training point for the final centroids.
     inertia_ : float, sum of squared distances of points to their centroid.
     n_iter_ : int, iterations run.
-    objective_history_ : float64 (n_iter_,), sum of assignment scores per iteration (spherical:
-        sum of cosines); non-decreasing.
-    iteration_seconds_ : float64 (n_iter_,)
+    objective_history_ : float64 of shape ``(n_iter_,)``: sum of assignment scores per iteration
+        (spherical: sum of cosines); non-decreasing.
+    iteration_seconds_ : float64 of shape ``(n_iter_,)``, seconds per iteration
     n_features_in_ : int, the dimension seen by ``fit``.
-    feature_names_in_ : object array (n_features_in_,), the column names when ``fit`` was given a
-        data frame with string column names.
+    feature_names_in_ : object array of shape ``(n_features_in_,)``, the column names when ``fit``
+        was given a data frame with string column names.
 
     Methods other than ``fit`` raise ``NotFittedError`` (scikit-learn's when it is installed; also a
     ``RuntimeError``) before ``fit``.

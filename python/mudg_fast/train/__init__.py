@@ -19,6 +19,9 @@ _LAZY = {"finetune": "loop", "Trainer": "loop", "FinetuneResult": "loop", "StepR
 
 def __getattr__(name):
     if name in _LAZY:
+        from .._extras import require
+
+        require("torch", "fine-tuning CLIP")
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -38,6 +38,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from .._extras import require
 from ..clip import decode_image
 from .prompts import load_classnames
 
@@ -140,11 +141,7 @@ def scan_image_folder(root, classnames=None) -> LabeledImages:
 
 
 def _read_parquet(path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise ImportError("reading a manifest needs pyarrow: pip install pyarrow "
-                          "(or mudg_fast[pipeline])") from e
+    pq = require("pyarrow.parquet", "reading a manifest")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -330,7 +327,7 @@ _STREAM_PERM, _STREAM_AUG = 0x9E3779B1, 0x85EBCA77
 
 
 class BatchPlan:
-    """Batches ``start .. stop-1`` of the endless shuffled stream, each a list of ``(index,
+    """Batches ``start`` to ``stop - 1`` of the endless shuffled stream, each a list of ``(index,
     augmentation seed)`` pairs of length ``batch_size`` (a batch may span two epochs). Usable as a
     DataLoader ``batch_sampler``; ``batch(i)`` gives any batch directly."""
 

@@ -80,7 +80,7 @@ def _pool(model, x, tokens):
 
 def encode_text_with_ctx(model, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
     """Text features (n, embed_dim), not normalised, of ``tokens`` (int64 (n, context_length))
-    with token positions ``1 .. k`` replaced by ``ctx`` (float (k, width)). Differentiable in
+    with token positions 1 to ``k`` replaced by ``ctx`` (float (k, width)). Differentiable in
     ``ctx`` and the text tower.
 
     With the causal text mask and end-of-text pooling, positions after the last end-of-text token
