@@ -213,12 +213,13 @@ void bind_index(py::module_& m) {
                     py::arg("n_threads") = 0, py::arg("mode") = "auto")
         .def_static("merge_files",
                     [](const std::vector<std::string>& parts, const std::string& path, const py::bytes& metadata,
-                       int n_threads) {
+                       int n_threads, std::uint64_t batch_bytes) {
                         std::string meta(metadata);
                         py::gil_scoped_release nogil;
-                        IvfIndex::merge_files(parts, path, meta, n_threads);
+                        IvfIndex::merge_files(parts, path, meta, n_threads, batch_bytes);
                     },
-                    py::arg("parts"), py::arg("path"), py::arg("metadata"), py::arg("n_threads") = 0)
+                    py::arg("parts"), py::arg("path"), py::arg("metadata"), py::arg("n_threads") = 0,
+                    py::arg("batch_bytes") = std::uint64_t{64} << 20)
         .def("memory_bytes", &IvfIndex::memory_bytes)
         .def_property_readonly("metadata", [](const IvfIndex& ix) { return py::bytes(ix.metadata()); })
         .def("set_metadata", [](IvfIndex& ix, const py::bytes& text) { ix.set_metadata(std::string(text)); },

@@ -309,7 +309,7 @@ struct IvfIo {
     static void save(const IvfIndex& ix, const std::string& path);
     static std::unique_ptr<IvfIndex> load(const std::string& path, bool mmap, bool verify, const IvfIndex* like);
     static void merge_files(const std::vector<std::string>& parts, const std::string& path,
-                            const std::string& metadata, int n_threads);
+                            const std::string& metadata, int n_threads, std::uint64_t batch_bytes);
     /// Writes the file of an index with ix's training (dim, nlist, codec, centroids, codec
     /// parameters), the extension records `records` and lists of `sizes` vectors; fetch(l) gives
     /// list l's bytes and is called for l = 0, 1, ... in order. The list data is written first
@@ -644,8 +644,8 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::string& path, bool mmap, boo
 }
 
 void IvfIndex::merge_files(const std::vector<std::string>& parts, const std::string& path,
-                           const std::string& metadata, int n_threads) {
-    IvfIo::merge_files(parts, path, metadata, n_threads);
+                           const std::string& metadata, int n_threads, std::uint64_t batch_bytes) {
+    IvfIo::merge_files(parts, path, metadata, n_threads, batch_bytes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -677,12 +677,10 @@ void copy_slot(Codec codec, idx_t d, const std::uint8_t* src, int s, std::uint8_
     }
 }
 
-constexpr std::uint64_t kMergeBatchBytes = std::uint64_t{64} << 20;  // lists assembled per step
-
 }  // namespace
 
 void IvfIo::merge_files(const std::vector<std::string>& paths, const std::string& path, const std::string& metadata,
-                        int n_threads) {
+                        int n_threads, std::uint64_t batch_bytes) {
     MUDG_CHECK(!paths.empty(), "merging needs at least one part");
     MUDG_CHECK(metadata.size() <= kMaxMetadataBytes, "metadata is %llu bytes, at most %llu are stored",
                (unsigned long long)metadata.size(), (unsigned long long)kMaxMetadataBytes);
@@ -728,13 +726,13 @@ void IvfIo::merge_files(const std::vector<std::string>& paths, const std::string
     std::vector<idx_t> ids;
     idx_t batch_begin = 0, batch_end = 0;
     auto assemble = [&](idx_t l0) {
-        // The batch: lists from l0 while they fit in kMergeBatchBytes (at least one list).
+        // The batch: lists from l0 while they fit in batch_bytes (at least one list).
         std::uint64_t cbytes = 0, nids = 0;
         idx_t l1 = l0;
         while (l1 < nlist) {
             const std::uint64_t c = static_cast<std::uint64_t>(n_blocks(sizes[l1])) * bbytes;
             const std::uint64_t n = static_cast<std::uint64_t>(sizes[l1]);
-            if (l1 > l0 && cbytes + c + 8 * (nids + n) > kMergeBatchBytes) break;
+            if (l1 > l0 && cbytes + c + 8 * (nids + n) > batch_bytes) break;
             code_at[l1] = cbytes;
             id_at[l1] = nids;
             cbytes += c;

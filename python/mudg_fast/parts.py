@@ -379,7 +379,8 @@ class ShardedIndex:
         return out[0] if scalar else out
 
 
-def merge_parts(parts, out, *, metadata: Optional[Mapping] = None, num_threads: Optional[int] = None) -> IVFIndex:
+def merge_parts(parts, out, *, metadata: Optional[Mapping] = None, num_threads: Optional[int] = None,
+                batch_bytes: int = 64 << 20) -> IVFIndex:
     """Writes the index made of ``parts`` (a folder of part files, a list of part files, or a
     :class:`ShardedIndex` opened from files) as one index file ``out`` (atomically).
 
@@ -389,7 +390,8 @@ def merge_parts(parts, out, *, metadata: Optional[Mapping] = None, num_threads: 
     order (the way an in-memory build does). Its metadata is the parts' common metadata (their
     ``"part"`` entry removed) unless ``metadata`` is given. Every part's list data is checked
     against its checksums as it is read; a damaged part is named in the error and ``out`` is
-    left as it was. Returns the merged index, memory-mapped."""
+    left as it was. ``batch_bytes``: lists assembled per step (at least one list); the merge holds
+    about twice that plus two copies of the centroids. Returns the merged index, memory-mapped."""
     sharded = parts if isinstance(parts, ShardedIndex) else ShardedIndex(parts, mmap=True, verify=False)
     if any(p is None for p in sharded.paths):
         raise TypeError("merge_parts merges part files: give a folder or a list of paths, not IVFIndex objects")
@@ -405,5 +407,7 @@ def merge_parts(parts, out, *, metadata: Optional[Mapping] = None, num_threads: 
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)):
         raise TypeError(f"num_threads must be an int or None, got {num_threads!r}")
     threads = resolve_threads(num_threads)
-    atomic_write(out, lambda tmp: _core.IvfIndex.merge_files(paths, str(tmp), raw, threads))
+    if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, numbers.Integral) or batch_bytes < 1:
+        raise ValueError(f"batch_bytes must be a positive integer, got {batch_bytes!r}")
+    atomic_write(out, lambda tmp: _core.IvfIndex.merge_files(paths, str(tmp), raw, threads, int(batch_bytes)))
     return IVFIndex.load(out, mmap=True, verify=False, num_threads=num_threads)

@@ -156,8 +156,10 @@ public:
     /// written list by list: memory stays bounded by the largest merged list plus buffers, not
     /// by the index. Each part's list data is checked against its checksum as it is read; a
     /// damaged part is named in the Error. Not atomic by itself (the Python layer renames).
+    /// batch_bytes: merged lists assembled per step (at least one list).
     static void merge_files(const std::vector<std::string>& parts, const std::string& path,
-                            const std::string& metadata, int n_threads = 0);
+                            const std::string& metadata, int n_threads = 0,
+                            std::uint64_t batch_bytes = std::uint64_t{64} << 20);
 
     /// Bytes of list storage (codes + ids).
     std::size_t memory_bytes() const;
