@@ -34,7 +34,7 @@ from . import _core
 from ._arrays import as_ids, as_matrix, check_k, resolve_threads
 from .index import IVFIndex, _metadata_bytes, _rerank_exact, atomic_write
 
-__all__ = ["ShardedIndex", "merge_parts", "merge_topk", "PartError", "PART_KEY", "part_metadata"]
+__all__ = ["ShardedIndex", "merge_parts", "merge_topk", "open_index", "PartError", "PART_KEY", "part_metadata"]
 
 PART_KEY = "part"
 PART_SUFFIX = ".ivf"
@@ -320,25 +320,41 @@ class ShardedIndex:
         return self._parts[0].probe(queries, nprobe)
 
     def search(self, queries, k: int, *, nprobe: int = 8, mode: str = "auto", rerank: int = 0,
-               source=None) -> tuple[np.ndarray, np.ndarray]:
+               source=None, engine=None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over the nprobe nearest lists, exactly as :meth:`IVFIndex.search` on one index
         holding every part's vectors (same keywords, same results bit for bit).
+
+        ``engine``: None searches every part here, in one list-major pass; "ray" (or an
+        :class:`~mudg_fast.engines.Engine`) fans the parts out as tasks (each searches its part
+        file for the probes computed here) and merges their top-k here: the same results.
 
         Returns (scores float32 (nq, k), ids int64 (nq, k)), best first, padded with (-inf, -1)."""
         k = check_k(k)
         nprobe = check_k(nprobe, "nprobe")
         q = as_matrix(queries, name="queries", dim=self.dim, allow_1d=True, allow_empty=True)
         if not rerank:
-            return self._search(q, k, nprobe, mode)
+            return self._search(q, k, nprobe, mode, engine)
         rerank = check_k(rerank, "rerank")
         if source is None:
             raise ValueError("rerank needs source=: the original vectors (array indexed by id, or a callable)")
-        _, cand = self._search(q, max(k, rerank), nprobe, mode)
+        _, cand = self._search(q, max(k, rerank), nprobe, mode, engine)
         return _rerank_exact(q, cand, k, source, self.dim)
 
-    def _search(self, q: np.ndarray, k: int, nprobe: int, mode: str):
+    def _search(self, q: np.ndarray, k: int, nprobe: int, mode: str, engine=None):
         _, lists = self._parts[0].probe(q, min(nprobe, self.nlist))
-        return self._search_probed(q, k, lists, mode)
+        if engine is None:
+            return self._search_probed(q, k, lists, mode)
+        if any(p is None for p in self._paths):
+            raise TypeError("engine= searches part files: open the ShardedIndex from files, not IVFIndex objects")
+        from .engines import get_engine
+
+        eng = get_engine(engine, num_threads=self.num_threads)
+        try:
+            res = eng.search_parts([os.fspath(p) for p in self._paths], q, k, lists, mode)
+        finally:
+            if eng is not engine:
+                eng.close()
+        return merge_topk([r[0] for r in res], [r[1] for r in res], k)
 
     def _search_probed(self, q, k, lists, mode):
         return _core.IvfIndex.search_probed_parts(self._native, q, k, lists,
@@ -377,6 +393,15 @@ class ShardedIndex:
             sel = which == p
             out[sel] = self._parts[p].reconstruct(flat[sel])
         return out[0] if scalar else out
+
+
+def open_index(path, *, mmap: bool = True, verify: bool = True, num_threads: Optional[int] = None):
+    """An index file (:meth:`IVFIndex.load`) or a folder of parts (:class:`ShardedIndex`): both
+    search, reconstruct and describe themselves the same way."""
+    path = Path(path)
+    if path.is_dir():
+        return ShardedIndex(path, mmap=mmap, verify=verify, num_threads=num_threads)
+    return IVFIndex.load(path, mmap=mmap, verify=verify, num_threads=num_threads)
 
 
 def merge_parts(parts, out, *, metadata: Optional[Mapping] = None, num_threads: Optional[int] = None,

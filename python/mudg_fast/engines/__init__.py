@@ -20,7 +20,11 @@ import numpy as np
 
 from .tasks import PartTask, TrainTask
 
-__all__ = ["Engine", "get_engine"]
+__all__ = ["Engine", "EngineError", "get_engine"]
+
+
+class EngineError(RuntimeError):
+    """The engine's cluster failed or went away; finished parts are kept and a rerun resumes."""
 
 
 class Engine:

@@ -26,13 +26,9 @@ except ImportError as e:  # pragma: no cover - exercised by test_engines without
         'the Ray engine needs ray: pip install "mudg_fast[ray]" (or pip install ray)'
     ) from e
 
-from . import Engine, tasks
+from . import Engine, EngineError, tasks
 
 __all__ = ["RayEngine", "EngineError"]
-
-
-class EngineError(RuntimeError):
-    """The cluster failed or went away; finished parts are kept and a rerun resumes."""
 
 
 class _Counter:
@@ -113,18 +109,30 @@ class RayEngine(Engine):
         self.concurrency = max(1, sum(c // cpus_per_task for c in cpus))
 
     # -- running ----------------------------------------------------------------------------------
-    def _get(self, refs, what: str):
+    @staticmethod
+    def _gone(what: str, e: BaseException, finished: Optional[int] = None) -> EngineError:
+        kept = "parts finished so far are kept" if finished is None else f"the {finished} parts finished so far are kept"
+        return EngineError(f"the Ray cluster failed or went away while {what} ({type(e).__name__}: {e}); {kept}: "
+                           "run the same build again to resume")
+
+    def _check_connected(self, what: str, finished: Optional[int] = None) -> None:
+        # Ray calls made while disconnected would start a new local cluster: stop instead.
+        if not ray.is_initialized():
+            raise self._gone(what, ConnectionError("disconnected from the cluster"), finished)
+
+    def _get(self, refs, what: str, finished: Optional[int] = None):
+        self._check_connected(what, finished)
         try:
             return ray.get(refs)
         except RayTaskError as e:  # the task itself raised: the same exception as locally
             raise e.as_instanceof_cause() from None
-        except (RayError, ConnectionError) as e:
-            raise EngineError(f"the Ray cluster failed or went away while {what} ({type(e).__name__}: {e}); "
-                              "parts finished so far are kept: run the same build again to resume") from e
+        except Exception as e:  # noqa: BLE001 - lost workers, nodes, the cluster, the connection
+            raise self._gone(what, e, finished) from e
 
     def train(self, task: tasks.TrainTask, say: Callable[[str], None]) -> dict:
         say(f"training on the Ray cluster ({self.train_cpus} CPUs)")
         task = dataclasses.replace(task, num_threads=self.train_cpus)
+        self._check_connected("training")
         fn = ray.remote(_run_train).options(num_cpus=self.train_cpus, max_retries=self.max_retries)
         return self._get(fn.remote(self.train_fn, task), "training")
 
@@ -132,41 +140,43 @@ class RayEngine(Engine):
                   on_progress: Callable[[int], None]) -> None:
         if not todo:
             return
+        self._check_connected("adding", 0)
         try:
             counter = ray.remote(_Counter).options(num_cpus=0).remote()
             fn = ray.remote(_run_part).options(num_cpus=self.cpus_per_task, max_retries=self.max_retries,
                                                retry_exceptions=False)
             pending = {fn.remote(self.part_fn, dataclasses.replace(t, num_threads=self.cpus_per_task), counter): t
                        for t in todo}
-        except (RayError, ConnectionError) as e:
-            raise EngineError(f"cannot submit the parts to the Ray cluster ({e}); run the build again to "
-                              "resume") from e
+        except Exception as e:  # noqa: BLE001
+            raise self._gone("submitting the parts", e, 0) from e
         finished = 0
         try:
             while pending:
+                self._check_connected("adding", finished)
                 try:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                except (RayError, ConnectionError) as e:
-                    raise EngineError(f"the Ray cluster failed or went away while adding ({e}); the "
-                                      f"{finished} parts finished so far are kept: run the same build again "
-                                      "to resume") from e
+                except Exception as e:  # noqa: BLE001
+                    raise self._gone("adding", e, finished) from e
                 for ref in ready:
                     t = pending.pop(ref)
-                    result = self._get(ref, f"adding part {t.number}")
+                    result = self._get(ref, f"adding part {t.number}", finished)
                     finished += 1
                     on_done(result)
-                try:
-                    on_progress(int(ray.get(counter.total.remote(), timeout=5)))
-                except (RayError, ConnectionError):
-                    pass  # progress is informative only; a failed cluster shows up in ray.wait
+                if ray.is_initialized():
+                    try:
+                        on_progress(int(ray.get(counter.total.remote(), timeout=5)))
+                    except Exception:  # noqa: BLE001 - progress is informative; failures show up above
+                        pass
         finally:
-            for ref in pending:
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
-                    pass
+            if ray.is_initialized():
+                for ref in pending:
+                    try:
+                        ray.cancel(ref, force=True)
+                    except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
+                        pass
 
     def search_parts(self, paths, queries, k, probes, mode="auto") -> list[tuple[np.ndarray, np.ndarray]]:
+        self._check_connected("searching")
         q, p = ray.put(np.ascontiguousarray(queries)), ray.put(np.ascontiguousarray(probes))
         fn = ray.remote(_run_search).options(num_cpus=self.cpus_per_task, max_retries=self.max_retries)
         refs = [fn.remote(self.search_fn, str(path), q, k, p, mode, self.cpus_per_task) for path in paths]
