@@ -262,3 +262,35 @@ def test_out_of_core_build_stays_within_budget_and_equals_the_in_memory_build(tm
             assert x == y
             if not x:
                 break
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_cli_builds_in_parts_and_evaluates_the_folder(coll, single, tmp_path, capsys, monkeypatch):
+    from mudg_fast.cli import main
+
+    root = coll[0]
+    base = ["build-index", "--embeddings", str(root), "--captions_dir", str(root / "text_emb"), "--nlist",
+            str(NLIST), "--train_size", str(TRAIN), "--batch_size", "700"]
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the plain progress line instead of a bar
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    rc = main(base + ["--out", str(tmp_path / "m.ivf"), "--part_size", "5000", "--merge"])
+    err = capsys.readouterr().err
+    assert rc == 0 and (tmp_path / "m.ivf").read_bytes() == single[True][1]
+    # the plan up front (parts, sizes, disk, ETA), then progress with the parts done
+    assert "3 parts of up to 5,000 vectors" in err and "disk: parts ~" in err and "ETA ~" in err
+    assert "merging 3 parts" in err and f"{N:,}/{N:,} vectors (100.0%), parts 3/3" in err
+    rc = main(base + ["--out", str(tmp_path / "p"), "--part_size", "5000", "--no_progress"])
+    assert rc == 0 and capsys.readouterr().err == ""
+    rc = main(["eval-index", "--index", str(tmp_path / "p"), "--paired_index", str(tmp_path / "m.ivf"),
+               "--queries", str(root / "text_emb"), "--database", str(root / "img_emb"), "--num_queries", "100",
+               "--k", "10", "--nprobes", "1,4"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    rows = [line.split() for line in out[1:3]]
+    assert all(r[1] == r[3] for r in rows)  # the folder of parts and the merged file: the same recall
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.delitem(sys.modules, "mudg_fast.engines.ray", raising=False)
+    rc = main(base + ["--out", str(tmp_path / "r"), "--engine", "ray", "--no_progress"])
+    assert rc == 2 and 'pip install "mudg_fast[ray]"' in capsys.readouterr().err
