@@ -28,7 +28,8 @@ def ray_cluster():
 
 
 def available_simd_levels():
-    """Every SIMD level this CPU runs (scalar, avx2, avx2+vnni, avx512, avx512+vnni as present)."""
+    """Every SIMD level this CPU runs (scalar, avx2, avx2+vnni, avx512, avx512+vnni on x86;
+    scalar, neon, neon+dotprod on ARM; as present)."""
     return mudg_fast.available_simd_levels()
 
 

@@ -470,7 +470,7 @@ def test_clustered_unit_vectors(args):
 
 
 @examples(60)
-@given(st.one_of(st.sampled_from(["scalar", "avx2", "avx512", "avx2+vnni", "avx512+vnni", "neon", "", "AVX2",
+@given(st.one_of(st.sampled_from(["scalar", "avx2", "avx512", "avx2+vnni", "avx512+vnni", "neon", "neon+dotprod", "", "AVX2",
                                   " scalar", "scalar\x00", "sse4", "avx512+", "+vnni", "avx512+vnni+vnni", None, 3,
                                   b"scalar", ["scalar"]]), st.text(max_size=8)))
 def test_set_simd_level(level):

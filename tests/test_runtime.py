@@ -16,7 +16,7 @@ def run_py(code, env=None, **kw):
                           text=True, **kw)
 
 
-KNOWN = ["scalar", "avx2", "avx2+vnni", "avx512", "avx512+vnni"]
+KNOWN = ["scalar", "avx2", "avx2+vnni", "avx512", "avx512+vnni", "neon", "neon+dotprod"]
 
 
 def test_simd_level_reports_a_known_level():
@@ -35,15 +35,21 @@ def cap(env_value):
 
 
 def best_within(cap_level):
-    """The level MUDG_SIMD=cap_level must give: base no higher, features named by the cap."""
-    base = {"scalar": 0, "avx2": 1, "avx512": 2}
+    """The level MUDG_SIMD=cap_level must give: scalar, or the same architecture with a base no
+    higher and features named by the cap."""
+    base = {"scalar": ("any", 0), "avx2": ("x86", 1), "avx512": ("x86", 2), "neon": ("arm", 1)}
 
     def parts(lv):
         b, _, f = lv.partition("+")
         return base[b], {f} if f else set()
 
-    cb, cf = parts(cap_level)
-    ok = [lv for lv in mudg_fast.available_simd_levels() if parts(lv)[0] <= cb and parts(lv)[1] <= cf]
+    (ca, cb), cf = parts(cap_level)
+
+    def within(lv):
+        (a, b), f = parts(lv)
+        return a == "any" or (a == ca and b <= cb and f <= cf)
+
+    ok = [lv for lv in mudg_fast.available_simd_levels() if within(lv)]
     return ok[-1]
 
 
@@ -61,13 +67,19 @@ def test_env_var_caps_the_level():
         assert cap("avx512+vnni") == "avx512+vnni"
     if "avx2+vnni" in levels:
         assert cap("avx2+vnni") == "avx2+vnni"
+    if "neon" in levels:
+        assert cap("neon") == "neon"          # no sdot unless the cap names it
+    if "neon+dotprod" in levels:
+        assert cap("neon+dotprod") == "neon+dotprod"
+    if "avx2" in levels or "neon" in levels:  # a cap for another architecture leaves scalar
+        assert cap("neon+dotprod" if "avx2" in levels else "avx512+vnni") == "scalar"
 
 
 def test_bad_env_var_is_a_clear_error():
     r = run_py("import mudg_fast, numpy as np; mudg_fast.knn(np.ones((1, 2)), np.ones((3, 2)), 1)",
                env={"MUDG_SIMD": "sse9"})
     assert r.returncode != 0
-    assert "unknown SIMD level 'sse9': use one of scalar, avx2, avx2+vnni, avx512, avx512+vnni" in r.stderr
+    assert "unknown SIMD level 'sse9': use one of scalar, avx2, avx2+vnni, avx512, avx512+vnni, neon, neon+dotprod" in r.stderr
 
 
 def test_set_unsupported_level_raises(simd_level_restored):

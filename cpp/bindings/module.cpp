@@ -104,7 +104,8 @@ PYBIND11_MODULE(_core, m) {
     set_interrupt_handler(python_interrupt_requested);
 
     m.def("simd_level", [] { return std::string(simd_level_name(simd_level())); },
-          "The active SIMD level: 'scalar', 'avx2', 'avx2+vnni', 'avx512' or 'avx512+vnni'.");
+          "The active SIMD level: 'scalar', 'avx2', 'avx2+vnni', 'avx512', 'avx512+vnni', 'neon' or "
+          "'neon+dotprod'.");
     m.def("detected_simd_level", [] { return std::string(simd_level_name(detected_simd_level())); },
           "The best SIMD level this CPU supports.");
     m.def("available_simd_levels", [] {

@@ -1,6 +1,9 @@
 // Every kernel of every SIMD level this CPU has against the scalar reference table, bit for bit,
 // on buffers of exactly the documented sizes (so AddressSanitizer sees any overrun), plus the
 // half-float conversions over all 65536 half values.
+//
+// MUDG_EXPECT_SIMD_LEVELS="scalar,neon,..." (set by .ci/neon for each emulated CPU) makes the run
+// fail unless the CPU offers exactly those levels, so a detection bug cannot shrink the coverage.
 #include <limits>
 #include <map>
 
@@ -71,6 +74,14 @@ std::map<idx_t, std::vector<std::pair<idx_t, float>>> by_row(const std::vector<H
 }
 
 }  // namespace
+
+TEST(expected_simd_levels_are_available) {
+    const char* expect = std::getenv("MUDG_EXPECT_SIMD_LEVELS");
+    std::string got;
+    for (SimdLevel level : available_levels()) got += (got.empty() ? "" : ",") + std::string(simd_level_name(level));
+    std::printf("       SIMD levels of this CPU: %s\n", got.c_str());
+    if (expect && *expect) CHECK_EQ(got, std::string(expect));
+}
 
 TEST(tile_kernels_equal_scalar_for_every_codec) {
     const Kernels& S = kernels_for(SimdLevel::scalar);

@@ -42,8 +42,11 @@ TEST(simd_levels_parse_and_switch) {
     CHECK(parse_simd_level("avx2+vnni") == SimdLevel::avx2_vnni);
     CHECK(parse_simd_level("avx512") == SimdLevel::avx512);
     CHECK(parse_simd_level("avx512+vnni") == SimdLevel::avx512_vnni);
+    CHECK(parse_simd_level("neon") == SimdLevel::neon);
+    CHECK(parse_simd_level("neon+dotprod") == SimdLevel::neon_dotprod);
     CHECK_THROWS(parse_simd_level("sse9"), Error,
-                 "unknown SIMD level 'sse9': use one of scalar, avx2, avx2+vnni, avx512, avx512+vnni");
+                 "unknown SIMD level 'sse9': use one of scalar, avx2, avx2+vnni, avx512, avx512+vnni, neon, "
+                 "neon+dotprod");
     CHECK_THROWS(parse_simd_level(nullptr), Error, "unknown SIMD level ''");
     CHECK_THROWS(parse_simd_level("avx512+"), Error, "unknown SIMD level 'avx512+'");
     CHECK_THROWS(parse_simd_level("vnni+avx512"), Error, "unknown SIMD level 'vnni+avx512'");
@@ -60,10 +63,13 @@ TEST(simd_levels_parse_and_switch) {
         CHECK(simd_level() == level);
         CHECK(kernels().level == level);
         CHECK(&kernels() == &kernels_for(level));
-        // a VNNI table is its base table with the screening kernel swapped: the same fp32 kernels
+        // a VNNI or dot-product table is its base table with the screening kernel swapped: the same
+        // fp32 kernels
         const SimdLevelInfo& info = simd_level_info(level);
-        if (info.features & kSimdVnni) {
-            const Kernels& base = kernels_for(level == SimdLevel::avx2_vnni ? SimdLevel::avx2 : SimdLevel::avx512);
+        if (info.features & (kSimdVnni | kSimdDotprod)) {
+            const Kernels& base = kernels_for(level == SimdLevel::avx2_vnni   ? SimdLevel::avx2
+                                              : level == SimdLevel::neon_dotprod ? SimdLevel::neon
+                                                                                 : SimdLevel::avx512);
             CHECK(kernels().scores == base.scores && kernels().topk == base.topk && kernels().mr == base.mr);
             CHECK(kernels().i8_scores != base.i8_scores);
             CHECK_EQ(kernels().i8_col_limit, 127);
@@ -89,6 +95,9 @@ TEST(simd_caps_allow_the_named_instruction_sets_only) {
     CHECK(within(L::avx2_vnni, L::avx512_vnni));
     CHECK(!within(L::avx512, L::avx2) && !within(L::avx512, L::avx2_vnni));
     CHECK(!within(L::avx512_vnni, L::avx512) && !within(L::avx512_vnni, L::avx2_vnni));
+    CHECK(within(L::neon, L::neon_dotprod) && !within(L::neon_dotprod, L::neon));  // dotprod must be named
+    for (L x86 : {L::avx2, L::avx2_vnni, L::avx512, L::avx512_vnni})  // a cap keeps to its architecture
+        for (L arm : {L::neon, L::neon_dotprod}) CHECK(!within(x86, arm) && !within(arm, x86));
 }
 
 TEST(parallel_for_covers_each_index_once_in_fixed_chunks) {

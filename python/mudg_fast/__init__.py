@@ -68,10 +68,11 @@ def __getattr__(name):
 
 
 def simd_level() -> str:
-    """The active SIMD level: 'scalar', 'avx2', 'avx2+vnni', 'avx512' or 'avx512+vnni' (a base
-    instruction set, '+vnni' when the int8 screening kernel uses the VNNI dot-product
-    instructions). MUDG_SIMD=<level> caps it: the best level the CPU supports whose base is no
-    higher than the cap's and whose features the cap names (MUDG_SIMD=avx512 keeps VNNI off)."""
+    """The active SIMD level: 'scalar', 'avx2', 'avx2+vnni', 'avx512' or 'avx512+vnni' on x86,
+    'neon' or 'neon+dotprod' on 64-bit ARM (a base instruction set, '+vnni' / '+dotprod' when the
+    int8 screening kernel uses the dot-product instructions). MUDG_SIMD=<level> caps it: the best
+    level the CPU supports whose base is no higher than the cap's and whose features the cap names
+    (MUDG_SIMD=avx512 keeps VNNI off, MUDG_SIMD=neon keeps sdot off)."""
     return _core.simd_level()
 
 

@@ -23,16 +23,21 @@ namespace mudg_fast {
 ///   avx2+vnni    avx2 plus AVX-VNNI (VEX vpdpbusd on ymm) for the int8 screening kernel
 ///   avx512       AVX-512 F/BW/VL/DQ (and avx2's sets)
 ///   avx512+vnni  avx512 plus AVX512-VNNI (vpdpbusd on zmm) for the int8 screening kernel
-enum class SimdLevel : int { scalar = 0, avx2 = 1, avx2_vnni = 2, avx512 = 3, avx512_vnni = 4 };
+///   neon         AArch64 Advanced SIMD (every ARMv8-A CPU)
+///   neon+dotprod neon plus the ARMv8.2 dot-product extension (sdot) for the int8 screening kernel
+enum class SimdLevel : int {
+    scalar = 0, avx2 = 1, avx2_vnni = 2, avx512 = 3, avx512_vnni = 4, neon = 5, neon_dotprod = 6
+};
 
 /// Optional features a level adds to its base ISA (bit set).
-enum SimdFeature : unsigned { kSimdVnni = 1u << 0 };
+enum SimdFeature : unsigned { kSimdVnni = 1u << 0, kSimdDotprod = 1u << 1 };
 
 struct SimdLevelInfo {
     SimdLevel level;
     const char* name;      ///< "avx512+vnni"
-    const char* arch;      ///< "any" (scalar), "x86"
-    int rank;              ///< base ISA rank within its architecture: scalar 0, avx2 1, avx512 2
+    const char* arch;      ///< "any" (scalar), "x86", "arm"
+    int rank;              ///< base ISA rank within its architecture: scalar 0, avx2 1, avx512 2;
+                           ///< neon 1
     unsigned features;     ///< SimdFeature bits
 };
 
@@ -40,7 +45,8 @@ struct SimdLevelInfo {
 const std::vector<SimdLevelInfo>& simd_levels() noexcept;
 const SimdLevelInfo& simd_level_info(SimdLevel level) noexcept;
 const char* simd_level_name(SimdLevel level) noexcept;
-/// Parses a level name ("scalar", "avx2", "avx2+vnni", "avx512", "avx512+vnni"); throws Error otherwise.
+/// Parses a level name ("scalar", "avx2", "avx2+vnni", "avx512", "avx512+vnni", "neon",
+/// "neon+dotprod"); throws Error otherwise.
 SimdLevel parse_simd_level(const char* name);
 /// Whether this CPU (and OS) can run the level.
 bool simd_level_supported(SimdLevel level) noexcept;
@@ -155,6 +161,8 @@ namespace avx2 { const Kernels& table(); }
 namespace avx512 { const Kernels& table(); }
 namespace avx2_vnni { const Kernels& table(); }
 namespace avx512_vnni { const Kernels& table(); }
+namespace neon { const Kernels& table(); }
+namespace neon_dotprod { const Kernels& table(); }
 
 /// Packs n rows (src + i*stride, or src + ids[i]*stride when ids) into ceil(n/mr) A panels:
 /// out[p*mr*d + k*mr + r]; padding rows are zero. When `scale` is given, element k is multiplied

@@ -2,8 +2,10 @@
 //
 // Levels are "base[+feature]" (see simd.hpp). MUDG_SIMD names a cap: the active level is the best
 // level the CPU supports whose base is no higher than the cap's and whose features are all named
-// by the cap (MUDG_SIMD=avx512 keeps VNNI off; MUDG_SIMD=avx512+vnni allows everything on x86).
+// by the cap (MUDG_SIMD=avx512 keeps VNNI off; MUDG_SIMD=avx512+vnni allows everything on x86;
+// MUDG_SIMD=neon keeps sdot off on ARM).
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -15,6 +17,19 @@
 #define MUDG_X86_DETECT 1
 #endif
 
+// AArch64 feature detection: the kernel's hardware capabilities on Linux (and FreeBSD), sysctl on
+// macOS, IsProcessorFeaturePresent on Windows; elsewhere only the base ISA (NEON) is assumed.
+#if defined(MUDG_ARM64)
+#if defined(__linux__) || defined(__FreeBSD__)
+#include <sys/auxv.h>
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#elif defined(_WIN32)
+#define NOMINMAX
+#include <windows.h>
+#endif
+#endif
+
 namespace mudg_fast {
 
 const std::vector<SimdLevelInfo>& simd_levels() noexcept {
@@ -24,6 +39,8 @@ const std::vector<SimdLevelInfo>& simd_levels() noexcept {
         {SimdLevel::avx2_vnni, "avx2+vnni", "x86", 1, kSimdVnni},
         {SimdLevel::avx512, "avx512", "x86", 2, 0},
         {SimdLevel::avx512_vnni, "avx512+vnni", "x86", 2, kSimdVnni},
+        {SimdLevel::neon, "neon", "arm", 1, 0},
+        {SimdLevel::neon_dotprod, "neon+dotprod", "arm", 1, kSimdDotprod},
     };
     return levels;
 }
@@ -53,6 +70,40 @@ bool simd_level_within(SimdLevel level, SimdLevel cap) noexcept {
 }
 
 namespace {
+
+#if defined(MUDG_ARM64)
+// AArch64 hardware-capability bits (asm/hwcap.h), spelled out for C libraries that lack them.
+constexpr unsigned long kHwcapAsimd = 1ul << 1, kHwcapAsimddp = 1ul << 20;
+
+/// {Advanced SIMD, dot product}: NEON is part of every AArch64 CPU, but Linux still reports it.
+void arm_features(bool& neon, bool& dotprod) noexcept {
+    neon = true;
+    dotprod = false;
+#if defined(__linux__)
+    const unsigned long hwcap = getauxval(AT_HWCAP);
+    neon = (hwcap & kHwcapAsimd) != 0;
+    dotprod = neon && (hwcap & kHwcapAsimddp) != 0;
+#elif defined(__FreeBSD__)
+    unsigned long hwcap = 0;
+    if (elf_aux_info(AT_HWCAP, &hwcap, sizeof hwcap) == 0) dotprod = (hwcap & kHwcapAsimddp) != 0;
+#elif defined(__APPLE__)
+    // macOS 12+ names the feature FEAT_DotProd; macOS 11 armv8_2_dotprod (every Apple M1 has it).
+    for (const char* key : {"hw.optional.arm.FEAT_DotProd", "hw.optional.armv8_2_dotprod"}) {
+        int value = 0;
+        std::size_t size = sizeof value;
+        if (sysctlbyname(key, &value, &size, nullptr, 0) == 0) {
+            dotprod = value != 0;
+            break;
+        }
+    }
+#elif defined(_WIN32)
+#ifndef PF_ARM_V82_DP_INSTRUCTIONS_AVAILABLE
+#define PF_ARM_V82_DP_INSTRUCTIONS_AVAILABLE 43
+#endif
+    dotprod = IsProcessorFeaturePresent(PF_ARM_V82_DP_INSTRUCTIONS_AVAILABLE) != 0;
+#endif
+}
+#endif
 
 /// Bit set of the levels this CPU and OS can run (bit i: SimdLevel i).
 unsigned supported_mask() noexcept {
@@ -96,6 +147,18 @@ unsigned supported_mask() noexcept {
 #endif
 #if defined(MUDG_HAVE_AVX512_VNNI)
         if (avx512 && vnni512) m |= 1u << static_cast<int>(SimdLevel::avx512_vnni);
+#endif
+        return m;
+    }();
+    return mask;
+#elif defined(MUDG_ARM64)
+    static const unsigned mask = [] {
+        bool neon = false, dotprod = false;
+        arm_features(neon, dotprod);
+        unsigned m = 1u << static_cast<int>(SimdLevel::scalar);
+        if (neon) m |= 1u << static_cast<int>(SimdLevel::neon);
+#if defined(MUDG_HAVE_NEON_DOTPROD)
+        if (neon && dotprod) m |= 1u << static_cast<int>(SimdLevel::neon_dotprod);
 #endif
         return m;
     }();
@@ -150,6 +213,12 @@ const Kernels& table_of(SimdLevel level) {
         case SimdLevel::avx2_vnni: return avx2_vnni::table();
 #endif
         case SimdLevel::avx2: return avx2::table();
+#endif
+#if defined(MUDG_ARM64)
+#if defined(MUDG_HAVE_NEON_DOTPROD)
+        case SimdLevel::neon_dotprod: return neon_dotprod::table();
+#endif
+        case SimdLevel::neon: return neon::table();
 #endif
         default: return scalar::table();
     }
