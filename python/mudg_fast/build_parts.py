@@ -275,6 +275,7 @@ def build_in_parts(
             st = os.stat(result["path"])
             done[str(result["number"])] = {"file": Path(result["path"]).name, "bytes": st.st_size,
                                            "mtime_ns": st.st_mtime_ns, "seconds": round(result["seconds"], 3),
+                                           "write_seconds": round(result.get("write_seconds", 0.0), 3),
                                            "peak_rss_bytes": result.get("peak_rss_bytes")}
             work.write_manifest(manifest)
             bar.set_parts(len(done), count)

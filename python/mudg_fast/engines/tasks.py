@@ -134,7 +134,7 @@ class _RangeReader:
 def add_part(task: PartTask, progress: Optional[Callable[[int], None]] = None) -> dict:
     """Adds the part's rows (global ids as ids) to the trained index and writes the part file
     atomically. ``progress(done)`` is called with the number of vectors added so far. Returns
-    {"number", "path", "ntotal", "bytes", "seconds", "peak_rss_bytes"}."""
+    {"number", "path", "ntotal", "bytes", "seconds", "write_seconds", "peak_rss_bytes"}."""
     t0 = time.monotonic()
     index = IVFIndex.load(task.trained, mmap=False, verify=True, num_threads=task.num_threads)
     if index.ntotal != 0 or not index.is_trained:
@@ -158,13 +158,15 @@ def add_part(task: PartTask, progress: Optional[Callable[[int], None]] = None) -
         raise AssertionError(f"part {task.number} holds {index.ntotal} vectors, expected {task.hi - task.lo}")
     index.set_metadata({**task.metadata,
                         "part": part_metadata(task.number, task.count, (task.lo, task.hi), index.fingerprint)})
+    t_write = time.monotonic()
     index.save(task.out)
+    t_end = time.monotonic()
     del index, buffer
     _release_free_memory()
     if progress is not None:
         progress(done)
     return {"number": task.number, "path": task.out, "ntotal": done, "bytes": os.path.getsize(task.out),
-            "seconds": time.monotonic() - t0, "peak_rss_bytes": _peak_rss_bytes()}
+            "seconds": t_end - t0, "write_seconds": t_end - t_write, "peak_rss_bytes": _peak_rss_bytes()}
 
 
 def search_part(path: str, queries: np.ndarray, k: int, probes: np.ndarray, mode: str = "auto",
