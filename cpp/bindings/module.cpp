@@ -123,6 +123,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_simd_level", [](const std::string& name) { set_simd_level(parse_simd_level(name.c_str())); },
           py::arg("level"), "Switch the active SIMD level (tests and benchmarks).");
     m.def("default_threads", &default_threads, "Threads used when num_threads is None.");
+    // True only in the SIMDe test build (.ci/simde), whose x86 kernels are portable emulations.
+    m.attr("simd_emulated") = simd_emulated();
     m.def("set_screening", &set_screening, py::arg("mode"),
           "int8 screening of exact searches: -1 the SIMD level's default, 0 off, 1 on (tests).");
     m.def("screening_mode", &screening_mode);

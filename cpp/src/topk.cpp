@@ -178,8 +178,8 @@ struct HeapState {
 struct ScreenScratch {
     std::vector<float> z, kth, exact;
     std::vector<std::int32_t> cand;
-    std::vector<idx_t> pair_block, pair_row, pair_col, order, rows_of_block, block_start;
-    AlignedFloats panels;
+    std::vector<idx_t> pair_block, pair_row, pair_col, order, block_start;
+    std::vector<const float*> rows_of_block;
 };
 
 /// Screened search of rows [r0, r0+rows) of `qr` (state rows st_row0 + i) against columns
@@ -239,8 +239,8 @@ void screened_call(const Kernels& K, State& st, idx_t st_row0, const QuantRows& 
     for (idx_t b = 0; b < nblk; ++b) {
         const idx_t p0 = w.block_start[b], p1 = w.block_start[b + 1];
         if (p0 == p1) continue;
-        // Distinct local rows, ascending (one panel row each, even when two rows are the same
-        // source vector), mapped to their source rows for packing.
+        // Distinct local rows, ascending (one output row each, even when two rows are the same
+        // source vector), read in place by the kernel.
         w.rows_of_block.clear();
         idx_t last_r = -1;
         for (idx_t i = p0; i < p1; ++i) {
@@ -248,20 +248,13 @@ void screened_call(const Kernels& K, State& st, idx_t st_row0, const QuantRows& 
             if (r == last_r) continue;
             last_r = r;
             const idx_t qrow = q_row0 + r0 + r;
-            w.rows_of_block.push_back(qids ? qids[qrow] : qrow);
+            w.rows_of_block.push_back(q.data + (qids ? qids[qrow] : qrow) * q.stride);
         }
         const idx_t nr = static_cast<idx_t>(w.rows_of_block.size());
-        w.panels.resize(packed_rows_size(nr, d, K.mr));
-        pack_rows(q.data, q.stride, w.rows_of_block.data(), nr, d, K.mr, nullptr, w.panels.ptr);
         const idx_t bcols = std::min<idx_t>(kBlock, ncols - b * kBlock);
         w.exact.resize(static_cast<std::size_t>(nr * kBlock));
-        TileArgs t;
-        t.a = w.panels.ptr;
-        t.n_rows = nr;
-        t.b = packed + (c0 / kBlock + b) * kBlock * d;
-        t.n_cols = bcols;
-        t.d = d;
-        K.scores(t, w.exact.data(), kBlock);
+        K.scores_rows(w.rows_of_block.data(), nr, packed + (c0 / kBlock + b) * kBlock * d, bcols, d, w.exact.data(),
+                      kBlock);
         idx_t ri = -1, last = -1;
         for (idx_t i = p0; i < p1; ++i) {
             const idx_t pi = w.order[i];

@@ -173,6 +173,52 @@ TEST(tile_kernels_equal_scalar_for_every_codec) {
     }
 }
 
+TEST(scores_of_rows_in_place_equal_packed_scores) {
+    const Kernels& S = kernels_for(SimdLevel::scalar);
+    std::uint64_t seed = 500;
+    for (SimdLevel level : available_levels()) {
+        const Kernels& K = kernels_for(level);
+        for (idx_t d : {1, 3, 16, 17, 64})
+            for (idx_t n_rows : {1, 5, 12, 13, 25})
+                for (idx_t n_cols : {1, 15, 16, 17, 40}) {
+                    const std::string what = std::string(simd_level_name(level)) + " d=" + show(d) +
+                                             " rows=" + show(n_rows) + " cols=" + show(n_cols);
+                    const idx_t stride = d + 3, src_rows = 30;
+                    const auto src = uniform(src_rows * stride, ++seed);
+                    std::vector<const float*> rows(n_rows);  // scattered, and some rows twice
+                    std::vector<idx_t> ids(n_rows);
+                    for (idx_t r = 0; r < n_rows; ++r) {
+                        ids[r] = (r * 7 + 2) % src_rows;
+                        rows[r] = src.data() + ids[r] * stride;
+                    }
+                    const Blocks blk(Codec::f32, n_cols, d, ++seed);
+                    const auto* b = reinterpret_cast<const float*>(blk.bytes.data());
+                    const idx_t ld = n_cols + 2;
+                    Aligned<float> out_k(static_cast<std::size_t>(n_rows * ld), 7.0f),
+                        out_s(static_cast<std::size_t>(n_rows * ld), 7.0f),
+                        out_p(static_cast<std::size_t>(n_rows * ld), 7.0f);
+                    K.scores_rows(rows.data(), n_rows, b, n_cols, d, out_k.data(), ld);
+                    S.scores_rows(rows.data(), n_rows, b, n_cols, d, out_s.data(), ld);
+                    // the packed-panel kernel on the same rows
+                    Aligned<float> a(static_cast<std::size_t>(packed_rows_size(n_rows, d, K.mr)));
+                    pack_rows(src.data(), stride, ids.data(), n_rows, d, K.mr, nullptr, a.data());
+                    TileArgs t;
+                    t.a = a.data();
+                    t.n_rows = n_rows;
+                    t.b = b;
+                    t.n_cols = n_cols;
+                    t.d = d;
+                    K.scores(t, out_p.data(), ld);
+                    for (std::size_t i = 0; i < out_k.size(); ++i) {
+                        if (!same_bits(out_k[i], out_s[i])) fail(__FILE__, __LINE__, "scores_rows differ: " + what);
+                        if (!same_bits(out_k[i], out_p[i])) fail(__FILE__, __LINE__, "differs from scores: " + what);
+                    }
+                    for (idx_t r = 0; r < n_rows; ++r)
+                        for (idx_t c = n_cols; c < ld; ++c) CHECK_EQ(out_k[r * ld + c], 7.0f);
+                }
+    }
+}
+
 TEST(pack_kernels_equal_scalar) {
     const Kernels& S = kernels_for(SimdLevel::scalar);
     for (SimdLevel level : available_levels()) {

@@ -104,6 +104,7 @@ TEST(threads_do_not_change_the_result) {
 
 TEST(screening_on_and_off_give_identical_results) {
     ScreeningGuard sg;
+    LevelGuard lg;
     // Shapes where screening applies (d >= 16, n >= 64, k <= 64), including a clustered
     // database whose int8 approximations are close together.
     const idx_t n = 1000, d = 64, nq = 40;
@@ -112,18 +113,21 @@ TEST(screening_on_and_off_give_identical_results) {
         for (idx_t t = 0; t < d; ++t) db[i * d + t] = 0.9f + 0.001f * db[i * d + t];
     const auto q = uniform(nq * d, 22);
     CHECK(use_screening(kernels_for(SimdLevel::scalar), d, n, 10) == (screening_mode() == 1));
-    for (int k : {1, 10, 64}) {
-        std::vector<float> s0(nq * k), s1(nq * k);
-        std::vector<idx_t> i0(nq * k), i1(nq * k);
-        set_screening(0);
-        exact_search(MatrixView<const float>(db.data(), n, d), MatrixView<const float>(q.data(), nq, d), k,
-                     MatrixView<float>(s0.data(), nq, k), MatrixView<idx_t>(i0.data(), nq, k), 2);
-        set_screening(1);
-        CHECK(use_screening(kernels(), d, n, k));
-        exact_search(MatrixView<const float>(db.data(), n, d), MatrixView<const float>(q.data(), nq, d), k,
-                     MatrixView<float>(s1.data(), nq, k), MatrixView<idx_t>(i1.data(), nq, k), 2);
-        CHECK(i0 == i1);
-        for (std::size_t i = 0; i < s0.size(); ++i) CHECK_BITS(s0[i], s1[i]);
+    for (SimdLevel level : available_levels()) {  // each level's screening kernel and column range
+        set_simd_level(level);
+        for (int k : {1, 10, 64}) {
+            std::vector<float> s0(nq * k), s1(nq * k);
+            std::vector<idx_t> i0(nq * k), i1(nq * k);
+            set_screening(0);
+            exact_search(MatrixView<const float>(db.data(), n, d), MatrixView<const float>(q.data(), nq, d), k,
+                         MatrixView<float>(s0.data(), nq, k), MatrixView<idx_t>(i0.data(), nq, k), 2);
+            set_screening(1);
+            CHECK(use_screening(kernels(), d, n, k));
+            exact_search(MatrixView<const float>(db.data(), n, d), MatrixView<const float>(q.data(), nq, d), k,
+                         MatrixView<float>(s1.data(), nq, k), MatrixView<idx_t>(i1.data(), nq, k), 2);
+            CHECK(i0 == i1);
+            for (std::size_t i = 0; i < s0.size(); ++i) CHECK_BITS(s0[i], s1[i]);
+        }
     }
     set_screening(5);
     CHECK_EQ(screening_mode(), 1);

@@ -58,7 +58,7 @@ def magnitude_limit(d: int) -> float:
 def check_magnitude(a: np.ndarray, original, name: str) -> None:
     """Raises ValueError when float32 ``a`` holds NaN/inf (also from ``original`` values that do not
     fit float32) or values too large for its scores to stay finite."""
-    m = _core.max_abs(a)
+    m = _core.max_abs(a)  # type: ignore[arg-type]  # a numpy array is a buffer
     if not np.isfinite(m):
         src = np.asarray(original)
         if src.dtype.kind == "f" and np.isfinite(src).all():
@@ -91,6 +91,7 @@ def check_k(k, name: str = "k", *, maximum: int = INT32_MAX) -> int:
     """A positive integer argument (numpy integers accepted), at most ``maximum``."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
+    k = int(k)
     if k < 1:
         raise ValueError(f"{name} must be >= 1, got {k}")
     if k > maximum:
@@ -103,6 +104,6 @@ def resolve_threads(num_threads) -> int:
     if num_threads is None:
         return 0
     if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, numbers.Integral) \
-            or not 1 <= num_threads <= MAX_THREADS:
+            or not 1 <= int(num_threads) <= MAX_THREADS:
         raise ValueError(f"num_threads must be None or an integer in [1, {MAX_THREADS}], got {num_threads!r}")
     return int(num_threads)

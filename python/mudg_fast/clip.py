@@ -140,7 +140,7 @@ def _weight_filenames(filename: str) -> list[str]:
 
 def _tag_cache_lookup(tag_cfg: dict, cache_dir) -> tuple[str | None, list[str]]:
     """(cached file or None, where it was looked for) for an open_clip pretrained-tag config."""
-    looked = []
+    looked: list[str] = []
     hub = tag_cfg.get("hf_hub", "")
     if hub:
         repo_id, filename = os.path.split(hub)
@@ -284,7 +284,7 @@ def load_model(model: str | None = "ViT-L-14", pretrained: str | None = "openai"
                     "pass cache_dir=<folder holding them>, or pass pretrained=<checkpoint file>.")
             else:
                 weights = pretrained
-    if offline and _schema(source):
+    if offline and source is not None and _schema(source):
         source = _offline_schema_source(source, cache_dir)
 
     try:

@@ -115,10 +115,10 @@ def _image_features(parts, data, batch_size, num_workers, device, amp, progress)
     from .clip import _progress
     from .train.data import ImageDataset
 
-    loader = torch.utils.data.DataLoader(ImageDataset(data, parts.preprocess),
-                                         batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
+    # ImageDataset is a map-style dataset by protocol (it does not subclass torch's Dataset).
+    loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+        ImageDataset(data, parts.preprocess),  # type: ignore[arg-type]
+        batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     feats = []
     ctx = (torch.autocast(device_type="cuda", dtype=torch.float16) if amp
            else torch.autocast(device_type="cpu", enabled=False))

@@ -35,7 +35,7 @@ def check_threshold(threshold) -> float:
     """A real, finite similarity threshold as a float (TypeError / ValueError otherwise)."""
     if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
         raise TypeError(f"threshold must be a real number, got {type(threshold).__name__}")
-    if not np.isfinite(threshold):
+    if not np.isfinite(float(threshold)):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     return float(threshold)
 

@@ -344,7 +344,7 @@ class SyntheticParams:
         for name in ("semantic_decay", "nuisance_decay", "style_decay", "prompt_context",
                      "image_mean_jitter", "caption_mean_jitter"):
             v = getattr(self, name)
-            if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
+            if not (isinstance(v, numbers.Real) and math.isfinite(v) and float(v) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.model not in ("nuisance", "offset"):
             raise ValueError(f"model must be 'nuisance' or 'offset', got {self.model!r}")
@@ -363,7 +363,7 @@ class SyntheticParams:
             sizes = [max(1, int(s * f)) for s in sizes]
             while sum(sizes) > room:      # max(1, .) can overshoot when one size dominates
                 sizes[sizes.index(max(sizes))] -= 1
-        return tuple(sizes)
+        return sizes[0], sizes[1], sizes[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,7 +678,8 @@ class SyntheticTextEncoder:
             word_row: dict[str, int] = {}
             shared_rows, inter_rows = [np.zeros(e)], [np.zeros(e)]
             ctx_row: dict[tuple, int] = {}
-            flat, offsets = [], []
+            flat: list[int] = []
+            offsets: list[int] = []
             which = np.empty(m, dtype=np.int64)
             anchors = np.empty((m, sp.ds))
             signs = np.empty((m, e))
@@ -704,10 +705,10 @@ class SyntheticTextEncoder:
                             inter_rows.append(b)
                         flat.append(wr)
                 which[j] = r
-            flat = np.asarray(flat, dtype=np.int64)
-            offsets = np.asarray(offsets, dtype=np.int64)
-            shared = np.add.reduceat(np.asarray(shared_rows)[flat], offsets, axis=0)[which]
-            inter = np.add.reduceat(np.asarray(inter_rows)[flat], offsets, axis=0)[which]
+            flat_ids = np.asarray(flat, dtype=np.int64)
+            starts = np.asarray(offsets, dtype=np.int64)
+            shared = np.add.reduceat(np.asarray(shared_rows)[flat_ids], starts, axis=0)[which]
+            inter = np.add.reduceat(np.asarray(inter_rows)[flat_ids], starts, axis=0)[which]
             z = shared + inter * signs
             z[:, :sp.ds] += anchors + p.prompt_context * extra
             z *= math.sqrt(p.prompt_semantic)            # anchor + context, then the register
@@ -795,7 +796,7 @@ def _choose_names(n_concepts, concept_names, seed) -> list[str]:
         names = list(concept_names)
         if not names:
             raise ValueError("concept_names is empty; give at least one name")
-        seen = {}
+        seen: dict[str, str] = {}
         for nm in names:
             if not isinstance(nm, str):
                 raise TypeError(f"concept_names must hold str, got {type(nm).__name__}")

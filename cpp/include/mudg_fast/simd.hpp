@@ -63,6 +63,9 @@ SimdLevel detected_simd_level() noexcept;
 SimdLevel simd_level();
 /// Tests and benchmarks only: switch the active level. Throws Error if the CPU lacks it.
 void set_simd_level(SimdLevel level);
+/// True in the SIMDe test build (CMake MUDG_SIMDE): the x86 levels are portable emulations, all
+/// offered on any CPU, and far slower than the real instructions.
+bool simd_emulated() noexcept;
 
 /// Database vectors live in blocks of kBlock vectors stored dimension-major ("transposed"):
 /// value of vector j (0..15) in dimension k sits at block[k * kBlock + j]. Unused slots are zero.
@@ -114,6 +117,10 @@ struct Kernels {
     /// For each (row, col) with score >= thresholds[row], in increasing col order per row panel,
     /// calls sink(ctx, row, col, score).
     void (*topk)(const TileArgs& t, float* thresholds, CandidateSink sink, void* ctx);
+    /// f32 columns only, rows read in place (no packing): out[r * ld + c] = score of rows[r][0..d)
+    /// against column c of the f32 blocks at b (the same fma chain as `scores`).
+    void (*scores_rows)(const float* const* rows, idx_t n_rows, const float* b, idx_t n_cols, idx_t d, float* out,
+                        idx_t ld);
     /// Packs n rows (src + i*stride, or src + ids[i]*stride when ids) of d floats into
     /// ceil(n/16) f32 blocks at out (zero-padded).
     void (*pack_blocks_f32)(const float* src, idx_t stride, const idx_t* ids, idx_t n, idx_t d,

@@ -56,8 +56,9 @@ struct Isa {
 #include "i8_impl.hpp"
 
 
-const Kernels kTable = {SimdLevel::avx512, Isa::MR, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, 63, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
+const Kernels kTable = {SimdLevel::avx512, Isa::MR, k_scores, k_argmax, k_topk, k_scores_rows, k_pack_blocks_f32,
+                          k_f32_to_f16, false, 63, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row,
+                          k_encode_sq4};
 
 }  // namespace
 

@@ -107,23 +107,9 @@ void arm_features(bool& neon, bool& dotprod) noexcept {
 
 /// Bit set of the levels this CPU and OS can run (bit i: SimdLevel i).
 unsigned supported_mask() noexcept {
-#if defined(MUDG_SIMDE)
-    // The SIMDe test build emulates every instruction set in portable code: every level it built
-    // runs.
     static const unsigned mask = [] {
-        unsigned m = 0;
-        for (const SimdLevelInfo& info : simd_levels()) m |= 1u << static_cast<int>(info.level);
-#if !defined(MUDG_HAVE_AVX2_VNNI)
-        m &= ~(1u << static_cast<int>(SimdLevel::avx2_vnni));
-#endif
-#if !defined(MUDG_HAVE_AVX512_VNNI)
-        m &= ~(1u << static_cast<int>(SimdLevel::avx512_vnni));
-#endif
-        return m;
-    }();
-    return mask;
-#elif defined(MUDG_X86_DETECT)
-    static const unsigned mask = [] {
+        unsigned m = 1u << static_cast<int>(SimdLevel::scalar);
+#if defined(MUDG_X86_DETECT)
         __builtin_cpu_init();
         // __builtin_cpu_supports also checks that the OS saves the YMM / ZMM state (XGETBV).
         const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -139,7 +125,6 @@ unsigned supported_mask() noexcept {
             if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) vnni256 = (a >> 4) & 1u;
         }
         // F16C is present on every CPU with AVX2 that has shipped; the AVX2 tables rely on it.
-        unsigned m = 1u << static_cast<int>(SimdLevel::scalar);
         if (avx2) m |= 1u << static_cast<int>(SimdLevel::avx2);
         if (avx512) m |= 1u << static_cast<int>(SimdLevel::avx512);
 #if defined(MUDG_HAVE_AVX2_VNNI)
@@ -148,27 +133,35 @@ unsigned supported_mask() noexcept {
 #if defined(MUDG_HAVE_AVX512_VNNI)
         if (avx512 && vnni512) m |= 1u << static_cast<int>(SimdLevel::avx512_vnni);
 #endif
-        return m;
-    }();
-    return mask;
-#elif defined(MUDG_ARM64)
-    static const unsigned mask = [] {
+#endif
+#if defined(MUDG_ARM64)
         bool neon = false, dotprod = false;
         arm_features(neon, dotprod);
-        unsigned m = 1u << static_cast<int>(SimdLevel::scalar);
         if (neon) m |= 1u << static_cast<int>(SimdLevel::neon);
 #if defined(MUDG_HAVE_NEON_DOTPROD)
         if (neon && dotprod) m |= 1u << static_cast<int>(SimdLevel::neon_dotprod);
 #endif
+#endif
+#if defined(MUDG_SIMDE)
+        // The SIMDe test build emulates the x86 instruction sets in portable code: every x86
+        // level runs, whatever the CPU.
+        for (const SimdLevelInfo& info : simd_levels())
+            if (std::strcmp(info.arch, "x86") == 0) m |= 1u << static_cast<int>(info.level);
+#endif
         return m;
     }();
     return mask;
-#else
-    return 1u << static_cast<int>(SimdLevel::scalar);
-#endif
 }
 
 }  // namespace
+
+bool simd_emulated() noexcept {
+#if defined(MUDG_SIMDE)
+    return true;
+#else
+    return false;
+#endif
+}
 
 bool simd_level_supported(SimdLevel level) noexcept {
     return (supported_mask() >> static_cast<int>(level)) & 1u;

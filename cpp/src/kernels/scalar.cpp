@@ -63,6 +63,17 @@ void k_topk(const TileArgs& t, float* thresholds, CandidateSink sink, void* ctx)
         }
 }
 
+void k_scores_rows(const float* const* rows, idx_t n_rows, const float* b, idx_t n_cols, idx_t d, float* out,
+                   idx_t ld) {
+    for (idx_t r = 0; r < n_rows; ++r)
+        for (idx_t c = 0; c < n_cols; ++c) {
+            const float* col = b + (c / kBlock) * kBlock * d + c % kBlock;
+            float acc = 0.0f;
+            for (idx_t k = 0; k < d; ++k) acc = std::fma(rows[r][k], col[k * kBlock], acc);
+            out[r * ld + c] = acc;
+        }
+}
+
 void k_pack_blocks_f32(const float* src, idx_t stride, const idx_t* ids, idx_t n, idx_t d, float* out) {
     const idx_t nblk = (n + kBlock - 1) / kBlock;
     for (idx_t b = 0; b < nblk; ++b)
@@ -153,8 +164,9 @@ void k_encode_sq4(const float* blk, idx_t d, const float* mids, std::uint8_t* ou
     }
 }
 
-const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_pack_blocks_f32, k_f32_to_f16,
-                          false, 127, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row, k_encode_sq4};
+const Kernels kTable = {SimdLevel::scalar, kMr, k_scores, k_argmax, k_topk, k_scores_rows, k_pack_blocks_f32,
+                          k_f32_to_f16, false, 127, k_i8_scores, k_max_value, k_collect_ge, k_quantize_row,
+                          k_encode_sq4};
 
 }  // namespace
 

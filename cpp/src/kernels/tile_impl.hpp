@@ -35,10 +35,23 @@ inline V load_col(const std::uint8_t* blk, idx_t k, int s, const float* lut) {
     }
 }
 
+/// Rows of a packed A panel: value (r, k) at a[k * MR + r].
+struct PanelRows {
+    const float* a;
+    V bcast(idx_t k, int r) const { return Isa::bcast(a + k * Isa::MR + r); }
+};
+
+/// Rows read in place: value (r, k) at rows[r][k] (no packing).
+template <int R>
+struct PointerRows {
+    const float* rows[R];
+    V bcast(idx_t k, int r) const { return Isa::bcast(rows[r] + k); }
+};
+
 /// acc[r][v] = sum_k a(r, k) * b(col of vector v, k) as one fma chain in k order.
-/// a: panel base (stride MR per dimension); blk: first of NB consecutive blocks.
-template <Codec C, int R, int NB>
-inline void tile(const float* a, const std::uint8_t* blk, idx_t bbytes, idx_t d,
+/// a: the rows (PanelRows or PointerRows); blk: first of NB consecutive blocks.
+template <Codec C, int R, int NB, class A>
+inline void tile(const A& a, const std::uint8_t* blk, idx_t bbytes, idx_t d,
                  const float* lut, V (&acc)[R][NB * VPB]) {
     // Accumulate in a local array: GCC keeps it in registers, whereas writing through `acc`
     // makes it store every accumulator on every iteration.
@@ -49,9 +62,8 @@ inline void tile(const float* a, const std::uint8_t* blk, idx_t bbytes, idx_t d,
         V bv[NB * VPB];
         for (int nb = 0; nb < NB; ++nb)
             for (int s = 0; s < VPB; ++s) bv[nb * VPB + s] = load_col<C>(blk + nb * bbytes, k, s, lut);
-        const float* ak = a + k * Isa::MR;
         for (int r = 0; r < R; ++r) {
-            const V av = Isa::bcast(ak + r);
+            const V av = a.bcast(k, r);
             for (int v = 0; v < NB * VPB; ++v) c[r][v] = Isa::fma(av, bv[v], c[r][v]);
         }
     }
@@ -75,12 +87,12 @@ inline void run_tiles(const TileArgs& t, Epi& epi) {
         idx_t j = 0;
         for (; j + NB <= nblk; j += NB) {
             V acc[1][NB * VPB];
-            tile<C, 1, NB>(t.a, b + j * bbytes, bbytes, d, t.lut, acc);
+            tile<C, 1, NB>(PanelRows{t.a}, b + j * bbytes, bbytes, d, t.lut, acc);
             epi(acc, 0, 1, j * kBlock, min_idx(NB * kBlock, t.n_cols - j * kBlock));
         }
         for (; j < nblk; ++j) {
             V acc[1][VPB];
-            tile<C, 1, 1>(t.a, b + j * bbytes, bbytes, d, t.lut, acc);
+            tile<C, 1, 1>(PanelRows{t.a}, b + j * bbytes, bbytes, d, t.lut, acc);
             epi(acc, 0, 1, j * kBlock, min_idx(kBlock, t.n_cols - j * kBlock));
         }
         return;
@@ -92,7 +104,7 @@ inline void run_tiles(const TileArgs& t, Epi& epi) {
         const idx_t cols = min_idx(NB * kBlock, t.n_cols - j * kBlock);
         for (idx_t p = 0; p < n_panels; ++p) {
             V acc[R][NB * VPB];
-            tile<C, R, NB>(t.a + p * panel_size, b + j * bbytes, bbytes, d, t.lut, acc);
+            tile<C, R, NB>(PanelRows{t.a + p * panel_size}, b + j * bbytes, bbytes, d, t.lut, acc);
             epi(acc, p * R, min_idx(R, t.n_rows - p * R), j * kBlock, cols);
         }
     }
@@ -101,7 +113,7 @@ inline void run_tiles(const TileArgs& t, Epi& epi) {
             const idx_t cols = min_idx(kBlock, t.n_cols - j * kBlock);
             for (idx_t p = 0; p < n_panels; ++p) {
                 V acc[R][VPB];
-                tile<C, R, 1>(t.a + p * panel_size, b + j * bbytes, bbytes, d, t.lut, acc);
+                tile<C, R, 1>(PanelRows{t.a + p * panel_size}, b + j * bbytes, bbytes, d, t.lut, acc);
                 epi(acc, p * R, min_idx(R, t.n_rows - p * R), j * kBlock, cols);
             }
         }
@@ -250,6 +262,34 @@ void k_argmax(const TileArgs& t, idx_t col_offset, float* best, idx_t* best_id, 
         if (s > best[r] || (s == best[r] && (best_id[r] < 0 || id < best_id[r]))) {
             best[r] = s;
             best_id[r] = id;
+        }
+    }
+}
+
+void k_scores_rows(const float* const* rows, idx_t n_rows, const float* b, idx_t n_cols, idx_t d, float* out,
+                   idx_t ld) {
+    constexpr int R = Isa::MR;
+    const idx_t nblk = (n_cols + kBlock - 1) / kBlock;
+    const idx_t bbytes = block_bytes(Codec::f32, d);
+    const auto* bb = reinterpret_cast<const std::uint8_t*>(b);
+    for (idx_t j = 0; j < nblk; ++j) {
+        const idx_t c0 = j * kBlock, cols = min_idx(kBlock, n_cols - c0);
+        for (idx_t r0 = 0; r0 < n_rows; r0 += R) {
+            const idx_t nr = min_idx(R, n_rows - r0);
+            PointerRows<R> a;
+            for (int r = 0; r < R; ++r) a.rows[r] = rows[r0 + (r < nr ? r : nr - 1)];  // pad: repeat a row
+            V acc[R][VPB];
+            tile<Codec::f32, R, 1>(a, bb + j * bbytes, bbytes, d, nullptr, acc);
+            for (idx_t r = 0; r < nr; ++r) {
+                float* o = out + (r0 + r) * ld + c0;
+                if (cols == kBlock) {
+                    for (int v = 0; v < VPB; ++v) Isa::storeu(o + v * W, acc[r][v]);
+                } else {
+                    alignas(64) float tmp[kBlock];
+                    for (int v = 0; v < VPB; ++v) Isa::storeu(tmp + v * W, acc[r][v]);
+                    for (idx_t c = 0; c < cols; ++c) o[c] = tmp[c];
+                }
+            }
         }
     }
 }

@@ -26,9 +26,8 @@ def atomic_write(path, write: Callable[[Any], None], *, binary: bool = True) -> 
         raise FileNotFoundError(f"folder does not exist: {folder}")
     fd, tmp = _open_temp(Path(os.path.abspath(path)))
     try:
-        mode = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8"}
         # A duplicate descriptor for the file object: fd keeps the lock until after the rename.
-        with os.fdopen(os.dup(fd), **mode) as f:
+        with (os.fdopen(os.dup(fd), "wb") if binary else os.fdopen(os.dup(fd), "w", encoding="utf-8")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

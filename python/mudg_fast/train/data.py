@@ -222,7 +222,8 @@ def scan_webdataset(folder) -> list[tuple[str, TarMember, dict]]:
                                                          m.name))
                     elif ext == ".json":
                         try:
-                            metas[key] = json.loads(tar.extractfile(m).read())
+                            fobj = tar.extractfile(m)
+                            metas[key] = json.loads(fobj.read() if fobj is not None else b"")
                         except (json.JSONDecodeError, UnicodeDecodeError) as e:
                             raise ValueError(f"{shard}:{m.name} is not valid JSON: {e}") from e
         except tarfile.TarError as e:

@@ -34,6 +34,7 @@ import random
 import time
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -284,8 +285,10 @@ class Trainer:
              labels: torch.Tensor | None = None) -> StepResult:
         """One SGD step on ``(images, labels)`` (default: the planned batch of this iteration),
         then the EMA update. Uses descriptor ``iteration mod m``."""
-        if images is None:
+        if images is None and labels is None:
             images, labels = self.batch(self.iteration)
+        elif images is None or labels is None:
+            raise ValueError("step() takes both images and labels, or neither (the planned batch)")
         d = self.descriptor_index(self.iteration)
         with _deterministic(self.device.type == "cpu"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -352,7 +355,7 @@ class Trainer:
 
     def state(self) -> dict:
         """Everything :meth:`load_state` needs to continue bit for bit."""
-        np_state = np.random.get_state()
+        np_state = cast(tuple, np.random.get_state(legacy=True))
         return {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "iteration": self.iteration, "config": self.config.to_dict(),
@@ -440,9 +443,11 @@ class Trainer:
         self._trim_log(log_path)
         plan = BatchPlan(len(self.data), cfg.batch_size, cfg.seed, start=self.iteration,
                          stop=cfg.iterations)
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=plan, num_workers=cfg.num_workers,
-            pin_memory=self.device.type == "cuda")
+        # ImageDataset is a map-style dataset by protocol (it does not subclass torch's Dataset,
+        # so that its module imports without torch).
+        loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+            self.dataset,  # type: ignore[arg-type]
+            batch_sampler=plan, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
         window: list[float] = []
         t0 = time.perf_counter()
         with _progress(cfg.iterations, "train", cfg.progress) as bar:
@@ -502,7 +507,7 @@ def finetune(out, *, parts: ClipParts | None = None, data: LabeledImages | None 
     if out is None:
         raise ValueError("out (the output folder) is required")
     cfg = TrainConfig(out=os.fspath(out), **settings)
-    out = Path(cfg.out)
+    out = Path(os.fspath(out))
     ckpt = out / "checkpoint.pt"
     if cfg.resume and not ckpt.is_file():
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt}")
