@@ -16,6 +16,17 @@ def coco500():
     return mudg_fast.datasets.load_coco500()
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster of 2 CPUs shared by the Ray tests (skipped when ray is missing)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def available_simd_levels():
     """Every SIMD level this CPU runs (scalar, avx2, avx2+vnni, avx512, avx512+vnni on x86;
     scalar, neon, neon+dotprod on ARM; as present)."""

@@ -128,3 +128,21 @@ def test_missing_index_and_candidates(setup, tmp_path, capsys):
     assert cli.main(["select", "--candidates", str(tmp_path / "none.parquet"), "--index", str(index), "--out",
                      str(tmp_path / "y.parquet")]) == 2
     assert "written by mudg-fast retrieve" in capsys.readouterr().err
+
+
+def test_retrieve_from_a_folder_of_parts_equals_the_single_file(setup, tmp_path):
+    root, coll, index, model, _ = setup
+    parts = tmp_path / "parts"
+    with one_thread():
+        assert cli.main(["build-index", "--embeddings", str(coll / "img_emb"), "--captions_dir",
+                         str(coll / "text_emb"), "--nlist", "8", "--codec", "f32", "--out", str(parts),
+                         "--part_size", "700", "--no_progress"]) == 0
+        assert len(list(parts.glob("part-*.ivf"))) == 5
+        outs = []
+        for ix in (index, parts):
+            outs.append(tmp_path / f"{ix.name}.parquet")
+            assert cli.main(["retrieve", "--index", str(ix), "--classnames", CLASSES, "--no_augmentation",
+                             "--k", "32", "--nprobe", "3", "--out", str(outs[-1])] + model) == 0
+    a, b = pq.read_table(outs[0]), pq.read_table(outs[1])
+    for col in ("id", "label", "vote_score", "retrieval_score"):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist()

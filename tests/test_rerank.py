@@ -288,7 +288,7 @@ def test_rerank_of_an_f32_index_is_its_plain_search(collection):
 
 
 def test_search_rerank_in_chunks_of_queries(collection, monkeypatch):
-    import mudg_fast.index as index_module
+    import mudg_fast.reranking as index_module
 
     root, images, captions, indexes = collection
     ix = indexes["sq4"]

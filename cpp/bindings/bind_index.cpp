@@ -184,11 +184,44 @@ void bind_index(py::module_& m) {
              },
              py::arg("path"))
         .def_static("load",
-                    [](const std::string& path, bool mmap, bool verify) {
+                    [](const std::string& path, bool mmap, bool verify, const IvfIndex* trained_like) {
                         py::gil_scoped_release nogil;
-                        return IvfIndex::load(path, mmap, verify);
+                        return IvfIndex::load(path, mmap, verify, trained_like);
                     },
-                    py::arg("path"), py::arg("mmap") = true, py::arg("verify") = true)
+                    py::arg("path"), py::arg("mmap") = true, py::arg("verify") = true,
+                    py::arg("trained_like") = nullptr)
+        .def_static("search_probed_parts",
+                    [](const std::vector<const IvfIndex*>& parts, const F32& q, int k, const I64& probes,
+                       int n_threads, const std::string& mode) {
+                        MUDG_CHECK(!parts.empty(), "search over parts needs at least one part");
+                        auto v = as_view(q, "queries", parts[0]->dim());
+                        MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
+                        MUDG_CHECK(probes.ndim() == 2 && probes.shape(0) == v.rows,
+                                   "probes must have shape (%lld, nprobe)", (long long)v.rows);
+                        MatrixView<const idx_t> pv(reinterpret_cast<const idx_t*>(probes.data()), v.rows,
+                                                   probes.shape(1));
+                        auto s = new_array<float>({v.rows, k});
+                        auto i = new_array<std::int64_t>({v.rows, k});
+                        MatrixView<float> sv(s.mutable_data(), v.rows, k);
+                        MatrixView<idx_t> iv(reinterpret_cast<idx_t*>(i.mutable_data()), v.rows, k);
+                        const SearchMode sm = parse_mode(mode);
+                        {
+                            py::gil_scoped_release nogil;
+                            IvfIndex::search_probed_parts(parts, v, k, pv, sv, iv, n_threads, sm);
+                        }
+                        return py::make_tuple(s, i);
+                    },
+                    py::arg("parts"), py::arg("queries").noconvert(), py::arg("k"), py::arg("probes").noconvert(),
+                    py::arg("n_threads") = 0, py::arg("mode") = "auto")
+        .def_static("merge_files",
+                    [](const std::vector<std::string>& parts, const std::string& path, const py::bytes& metadata,
+                       int n_threads, std::uint64_t batch_bytes) {
+                        std::string meta(metadata);
+                        py::gil_scoped_release nogil;
+                        IvfIndex::merge_files(parts, path, meta, n_threads, batch_bytes);
+                    },
+                    py::arg("parts"), py::arg("path"), py::arg("metadata"), py::arg("n_threads") = 0,
+                    py::arg("batch_bytes") = std::uint64_t{64} << 20)
         .def("memory_bytes", &IvfIndex::memory_bytes)
         .def("set_two_level_quantizer",
              [](IvfIndex& ix, idx_t cells, int probe, std::uint64_t seed, int n_threads) {

@@ -133,16 +133,22 @@ void IvfIndex::set_centroids(MatrixView<const float> c) {
                (long long)ntotal_);
     MUDG_CHECK(c.rows == nlist_ && c.cols == dim_, "centroids must have shape (%lld, %lld), got (%lld, %lld)",
                (long long)nlist_, (long long)dim_, (long long)c.rows, (long long)c.cols);
-    centroids_.resize(static_cast<std::size_t>(nlist_ * dim_));
-    for (idx_t i = 0; i < nlist_; ++i) std::copy(c.row(i), c.row(i) + dim_, centroids_.data() + i * dim_);
+    auto cent = std::make_shared<std::vector<float>>(static_cast<std::size_t>(nlist_ * dim_));
+    for (idx_t i = 0; i < nlist_; ++i) std::copy(c.row(i), c.row(i) + dim_, cent->data() + i * dim_);
+    centroids_ = std::move(cent);
     quantizer_.reset();
+}
+
+const std::vector<float>& IvfIndex::centroids() const noexcept {
+    static const std::vector<float> none;
+    return centroids_ ? *centroids_ : none;
 }
 
 void IvfIndex::set_two_level_quantizer(idx_t cells, int probe, std::uint64_t seed, int n_threads) {
     MUDG_CHECK(has_centroids(), "a two-level quantizer is trained on the centroids: train the index (or set its "
                "centroids) first");
     auto q = std::make_unique<TwoLevelQuantizer>(TwoLevelQuantizer::train(
-        MatrixView<const float>(centroids_.data(), nlist_, dim_), cells, probe, seed, n_threads));
+        MatrixView<const float>(centroids().data(), nlist_, dim_), cells, probe, seed, n_threads));
     quantizer_ = std::move(q);
 }
 
@@ -158,10 +164,10 @@ void IvfIndex::coarse_search(MatrixView<const float> x, int k, MatrixView<float>
     MUDG_CHECK(has_centroids(), "the index has no centroids: train it first");
     MUDG_CHECK(x.cols == dim_, "vectors have %lld dimensions, the index %lld", (long long)x.cols, (long long)dim_);
     if (quantizer_) {
-        quantizer_->search(MatrixView<const float>(centroids_.data(), nlist_, dim_), x, k, out_s, out_l, n_threads);
+        quantizer_->search(MatrixView<const float>(centroids().data(), nlist_, dim_), x, k, out_s, out_l, n_threads);
         return;
     }
-    const MatrixView<const float> cent(centroids_.data(), nlist_, dim_);
+    const MatrixView<const float> cent(centroids().data(), nlist_, dim_);
     if (k == 1) {  // nearest(): the argmax path with int8 screening
         std::vector<float> s(static_cast<std::size_t>(x.rows));
         std::vector<idx_t> l(static_cast<std::size_t>(x.rows));
@@ -354,7 +360,7 @@ void IvfIndex::merge_from(const IvfIndex& o) {
     MUDG_CHECK(&o != this, "cannot merge an index into itself");
     MUDG_CHECK(o.dim_ == dim_ && o.nlist_ == nlist_ && o.codec_ == codec_,
                "indexes differ in dim, nlist or codec and cannot be merged");
-    MUDG_CHECK(o.centroids_ == centroids_,
+    MUDG_CHECK(o.centroids_ == centroids_ || o.centroids() == centroids(),
                "indexes have different centroids: merge needs indexes trained together (same centroids)");
     MUDG_CHECK(o.sq_a_ == sq_a_ && o.sq_b_ == sq_b_, "indexes have different codec parameters and cannot be merged");
     MUDG_CHECK(o.fingerprint() == fingerprint(),

@@ -116,7 +116,7 @@ void IvfIndex::train_codec(MatrixView<const float> sample, bool sq4_residual, in
         parallel_for(n, 256, n_threads, [&](idx_t i0, idx_t i1, int) {
             for (idx_t i = i0; i < i1; ++i) {
                 const float* x = sample.row(i);
-                const float* c = centroids_.data() + label[i] * d;
+                const float* c = centroids().data() + label[i] * d;
                 double s = 0;
                 for (idx_t k = 0; k < d; ++k) {
                     const double e = static_cast<double>(x[k]) - c[k];
@@ -145,7 +145,7 @@ void IvfIndex::train_codec(MatrixView<const float> sample, bool sq4_residual, in
         std::vector<double> prefix(n + 1);
         for (idx_t k = k0; k < k1; ++k) {
             for (idx_t i = 0; i < n; ++i)  // exactly what encode sees (see code_input)
-                col[i] = residual ? (sample.row(i)[k] - centroids_[label[i] * d + k]) / b[label[i]] : sample.row(i)[k];
+                col[i] = residual ? (sample.row(i)[k] - centroids()[label[i] * d + k]) / b[label[i]] : sample.row(i)[k];
             std::sort(col.begin(), col.end());
             auto quantile = [&](double q) {
                 const double pos = q * static_cast<double>(n - 1);
@@ -210,7 +210,7 @@ void IvfIndex::assign_lists(MatrixView<const float> x, idx_t* lists, int n_threa
 
 const float* IvfIndex::code_input(idx_t l, const float* x, float* out) const {
     if (!sq4_residual()) return x;
-    const float* c = centroids_.data() + l * dim_;
+    const float* c = centroids().data() + l * dim_;
     const float s = sq_b_[l];
     for (idx_t k = 0; k < dim_; ++k) out[k] = (x[k] - c[k]) / s;
     return out;
@@ -307,7 +307,7 @@ void IvfIndex::decode(idx_t l, idx_t pos, float* out) const {
         }
     }
     if (sq4_residual()) {
-        const float* c = centroids_.data() + l * d;
+        const float* c = centroids().data() + l * d;
         const float s = sq_b_[l];
         for (idx_t k = 0; k < d; ++k) out[k] = c[k] + s * out[k];
     }

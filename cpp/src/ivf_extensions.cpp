@@ -70,7 +70,7 @@ bool IvfIndex::apply_extension(const IvfExtension& rec) {
     if (rec.tag == kTagQuantizer) {
         MUDG_CHECK(rec.required, "the quantizer record is not marked required");
         quantizer_ = std::make_unique<TwoLevelQuantizer>(
-            TwoLevelQuantizer::deserialize(rec.payload, MatrixView<const float>(centroids_.data(), nlist_, dim_)));
+            TwoLevelQuantizer::deserialize(rec.payload, MatrixView<const float>(centroids().data(), nlist_, dim_)));
         return true;
     }
     if (rec.required) return false;
@@ -82,7 +82,7 @@ std::uint64_t IvfIndex::fingerprint() const {
     MUDG_CHECK(has_centroids(), "an index without centroids has no fingerprint: train it first");
     std::vector<std::uint64_t> parts = {static_cast<std::uint64_t>(dim_), static_cast<std::uint64_t>(nlist_),
                                         static_cast<std::uint64_t>(codec_)};
-    parts.push_back(checksum64(centroids_.data(), centroids_.size() * sizeof(float)));
+    parts.push_back(checksum64(centroids().data(), centroids().size() * sizeof(float)));
     parts.push_back(checksum64(sq_a_.data(), sq_a_.size() * sizeof(float)));
     parts.push_back(checksum64(sq_b_.data(), sq_b_.size() * sizeof(float)));
     for (const IvfExtension& rec : extension_records()) {

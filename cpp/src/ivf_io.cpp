@@ -72,8 +72,13 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
 
 #include "mudg_fast/ivf.hpp"
+#include "mudg_fast/parallel.hpp"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
@@ -272,8 +277,25 @@ public:
     }
     const std::uint8_t* data() const { return data_; }
     std::size_t size() const { return size_; }
+    /// Drops the mapped pages of [0, end) from this process's resident memory (they stay in the
+    /// page cache and are read again on access): a streaming reader's memory stays bounded.
+    void release_until(std::uint64_t end) {
+#ifdef MUDG_HAVE_MMAP
+        if (!mapped_) return;
+        const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+        end = std::min<std::uint64_t>(end, size_) / page * page;
+        if (end > released_) {
+            ::madvise(const_cast<std::uint8_t*>(data_) + released_, static_cast<std::size_t>(end - released_),
+                      MADV_DONTNEED);
+            released_ = end;
+        }
+#else
+        (void)end;
+#endif
+    }
 
 private:
+    std::uint64_t released_ = 0;
     std::string path_;
     const std::uint8_t* data_ = nullptr;
     std::size_t size_ = 0;
@@ -281,19 +303,41 @@ private:
     AlignedBuffer buffer_;
 };
 
+/// Code blocks and ids of one list, as written (valid until the next list is asked for).
+struct ListBytes {
+    const std::uint8_t* codes;
+    const idx_t* ids;
+};
+
 struct IvfIo {
     static void save(const IvfIndex& ix, const std::string& path);
-    static std::unique_ptr<IvfIndex> load(const std::string& path, bool mmap, bool verify);
+    static std::unique_ptr<IvfIndex> load(const std::string& path, bool mmap, bool verify, const IvfIndex* like);
+    static void merge_files(const std::vector<std::string>& parts, const std::string& path,
+                            const std::string& metadata, int n_threads, std::uint64_t batch_bytes);
+    /// Writes the file of an index with ix's training (dim, nlist, codec, centroids, codec
+    /// parameters), the extension records `records` and lists of `sizes` vectors; fetch(l) gives
+    /// list l's bytes and is called for l = 0, 1, ... in order. The list data is written first
+    /// (checksummed as it goes), then the header and the meta region in front of it.
+    static void write_file(const IvfIndex& ix, const std::vector<IvfExtension>& records,
+                           const std::vector<idx_t>& sizes, const std::function<ListBytes(idx_t)>& fetch,
+                           const std::string& path);
 };
 
 void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     MUDG_CHECK(ix.has_centroids(), "cannot save an index without centroids: train it first");
+    write_file(ix, ix.extension_records(), ix.list_sizes(),
+               [&ix](idx_t l) { return ListBytes{ix.lists_[l].code_ptr(), ix.lists_[l].id_ptr()}; }, path);
+}
+
+void IvfIo::write_file(const IvfIndex& ix, const std::vector<IvfExtension>& records, const std::vector<idx_t>& sizes,
+                       const std::function<ListBytes(idx_t)>& fetch, const std::string& path) {
     const idx_t d = ix.dim_, nlist = ix.nlist_;
+    MUDG_ASSERT(static_cast<idx_t>(sizes.size()) == nlist);
     const std::uint64_t bbytes = static_cast<std::uint64_t>(block_bytes(ix.codec_, d));
     // The parameter section: SQ8 vmin and step, SQ4 levels (its list scales live in a record).
     std::vector<float> params(ix.sq_a_);
     if (ix.codec_ == Codec::sq8) params.insert(params.end(), ix.sq_b_.begin(), ix.sq_b_.end());
-    const std::vector<std::uint8_t> ext = serialize_records(ix.extension_records());
+    const std::vector<std::uint8_t> ext = serialize_records(records);
 
     Header h{};
     std::memcpy(h.magic, kMagic, 8);
@@ -301,7 +345,8 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     h.header_size = kHeaderSize;
     h.dim = d;
     h.nlist = nlist;
-    h.ntotal = ix.ntotal_;
+    h.ntotal = 0;
+    for (idx_t n : sizes) h.ntotal += n;
     h.codec = static_cast<std::uint32_t>(ix.codec_);
     h.metric = 0;
     h.centroids_offset = kHeaderSize;
@@ -312,46 +357,56 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
     h.directory_offset = ext_offset + h.ext_bytes;
     h.data_offset = align_up(h.directory_offset + static_cast<std::uint64_t>(nlist) * sizeof(DirEntry), 64);
 
-    // Layout and checksums of the list data.
+    // Layout of the list data.
     std::vector<DirEntry> dir(static_cast<std::size_t>(nlist));
-    std::vector<std::uint64_t> list_sums(static_cast<std::size_t>(2 * nlist));
     std::uint64_t off = h.data_offset;
     for (idx_t l = 0; l < nlist; ++l) {
-        const auto& L = ix.lists_[l];
-        const std::uint64_t cbytes = static_cast<std::uint64_t>(n_blocks(L.size)) * bbytes;
+        const std::uint64_t cbytes = static_cast<std::uint64_t>(n_blocks(sizes[l])) * bbytes;
         dir[l].codes_offset = align_up(off, 64);
-        dir[l].size = L.size;
+        dir[l].size = sizes[l];
         dir[l].ids_offset = align_up(dir[l].codes_offset + cbytes, 8);
-        off = dir[l].ids_offset + static_cast<std::uint64_t>(L.size) * 8;
-        list_sums[2 * l] = checksum64(L.code_ptr(), static_cast<std::size_t>(cbytes));
-        list_sums[2 * l + 1] = checksum64(L.id_ptr(), static_cast<std::size_t>(L.size * 8));
+        off = dir[l].ids_offset + static_cast<std::uint64_t>(sizes[l]) * 8;
     }
     h.file_size = off + kFooterSize;
-    h.data_checksum = checksum64(list_sums.data(), list_sums.size() * 8);
-
-    // The meta region is assembled in memory so that its checksum covers exactly what is written.
-    std::vector<std::uint8_t> meta(static_cast<std::size_t>(h.data_offset - h.centroids_offset), 0);
-    std::memcpy(meta.data(), ix.centroids_.data(), static_cast<std::size_t>(nlist * d) * 4);
-    if (!params.empty()) std::memcpy(meta.data() + (h.params_offset - kHeaderSize), params.data(), params.size() * 4);
-    if (!ext.empty()) std::memcpy(meta.data() + (ext_offset - kHeaderSize), ext.data(), ext.size());
-    std::memcpy(meta.data() + (h.directory_offset - kHeaderSize), dir.data(), dir.size() * sizeof(DirEntry));
-    h.meta_checksum = checksum64(meta.data(), meta.size());
-    h.header_checksum = checksum64(&h, offsetof(Header, header_checksum));
 
     Writer w{std::fopen(path.c_str(), "wb"), path};
     MUDG_CHECK(w.f, "cannot create '%s': %s", path.c_str(), std::strerror(errno));
     try {
-        w.write(&h, sizeof(h));
-        w.write(meta.data(), meta.size());
+        // 1. The lists (the header and meta region in front are filled in at the end).
+        MUDG_CHECK(std::fseek(w.f, static_cast<long>(h.data_offset), SEEK_SET) == 0, "cannot write '%s': %s",
+                   path.c_str(), std::strerror(errno));
+        w.pos = h.data_offset;
+        std::vector<std::uint64_t> list_sums(static_cast<std::size_t>(2 * nlist));
         for (idx_t l = 0; l < nlist; ++l) {
-            const auto& L = ix.lists_[l];
+            const ListBytes b = fetch(l);
+            const std::size_t cbytes = static_cast<std::size_t>(n_blocks(sizes[l]) * bbytes);
+            const std::size_t ibytes = static_cast<std::size_t>(sizes[l] * 8);
+            list_sums[2 * l] = checksum64(b.codes, cbytes);
+            list_sums[2 * l + 1] = checksum64(b.ids, ibytes);
             w.pad_to(dir[l].codes_offset);
-            w.write(L.code_ptr(), static_cast<std::size_t>(n_blocks(L.size) * bbytes));
+            w.write(b.codes, cbytes);
             w.pad_to(dir[l].ids_offset);
-            w.write(L.id_ptr(), static_cast<std::size_t>(L.size * 8));
+            w.write(b.ids, ibytes);
         }
         w.write(kEndMagic, 8);
         w.write(&h.file_size, 8);
+        MUDG_ASSERT(w.pos == h.file_size);
+        h.data_checksum = checksum64(list_sums.data(), list_sums.size() * 8);
+
+        // 2. The meta region, assembled in memory so that its checksum covers exactly what is
+        //    written, and the header.
+        std::vector<std::uint8_t> meta(static_cast<std::size_t>(h.data_offset - h.centroids_offset), 0);
+        std::memcpy(meta.data(), ix.centroids().data(), static_cast<std::size_t>(nlist * d) * 4);
+        if (!params.empty())
+            std::memcpy(meta.data() + (h.params_offset - kHeaderSize), params.data(), params.size() * 4);
+        if (!ext.empty()) std::memcpy(meta.data() + (ext_offset - kHeaderSize), ext.data(), ext.size());
+        std::memcpy(meta.data() + (h.directory_offset - kHeaderSize), dir.data(), dir.size() * sizeof(DirEntry));
+        h.meta_checksum = checksum64(meta.data(), meta.size());
+        h.header_checksum = checksum64(&h, offsetof(Header, header_checksum));
+        MUDG_CHECK(std::fseek(w.f, 0, SEEK_SET) == 0, "cannot write '%s': %s", path.c_str(), std::strerror(errno));
+        w.pos = 0;
+        w.write(&h, sizeof(h));
+        w.write(meta.data(), meta.size());
         MUDG_CHECK(std::fflush(w.f) == 0, "cannot write '%s': %s", path.c_str(), std::strerror(errno));
 #ifdef MUDG_HAVE_MMAP
         // The data must be on disk before the caller renames the file into place; file systems
@@ -365,7 +420,6 @@ void IvfIo::save(const IvfIndex& ix, const std::string& path) {
         throw;
     }
     MUDG_CHECK(std::fclose(w.f) == 0, "cannot close '%s': %s", path.c_str(), std::strerror(errno));
-    MUDG_ASSERT(w.pos == h.file_size);
 }
 
 namespace {
@@ -385,7 +439,7 @@ const char* codec_name(std::uint32_t c) {
 // arithmetic below can wrap), every offset against the documented layout and the file size, and
 // the list sizes against ntotal. A file that passes these checks is safe to use even with
 // verify=false: damage in the list data can then change results, never memory safety.
-std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool verify) {
+std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool verify, const IvfIndex* like) {
     auto map = std::make_shared<FileMapping>(path, mmap);
     const std::uint8_t* base = map->data();
     const std::uint64_t size = map->size();
@@ -457,13 +511,27 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
     MUDG_CHECK(checksum64(base + kHeaderSize, data_offset - kHeaderSize) == h.meta_checksum,
                "'%s' is corrupted (centroid/directory checksum mismatch)", p);
 
-    // 6. Centroids and codec parameters (their sizes are bounded by the file size now).
+    // 6. Centroids and codec parameters (their sizes are bounded by the file size now). A part
+    //    loaded like another shares that one's centroids when they are the same.
     const auto* centroids = reinterpret_cast<const float*>(base + kHeaderSize);
-    for (std::uint64_t i = 0; i < nlist * d; ++i)
-        MUDG_CHECK(std::isfinite(centroids[i]), "'%s' is corrupted (centroid %llu holds a NaN or infinite value)", p,
-                   (ull)(i / d));
     auto ix = std::make_unique<IvfIndex>(h.dim, h.nlist, codec);
-    ix->set_centroids(MatrixView<const float>(centroids, h.nlist, h.dim));
+    if (like) {
+        MUDG_CHECK(like->has_centroids() && like->dim_ == h.dim && like->nlist_ == h.nlist && like->codec_ == codec,
+                   "'%s' does not belong with the index it is loaded with: it has dim %lld, nlist %lld, codec %s "
+                   "(the other: dim %lld, nlist %lld, codec %s); parts of one index share one training",
+                   p, (long long)h.dim, (long long)h.nlist, codec_name(h.codec), (long long)like->dim_,
+                   (long long)like->nlist_, codec_name(static_cast<std::uint32_t>(like->codec_)));
+        MUDG_CHECK(std::memcmp(centroids, like->centroids().data(), static_cast<std::size_t>(nlist * d * 4)) == 0,
+                   "'%s' was trained differently from the index it is loaded with (its centroids differ); parts "
+                   "of one index share one training",
+                   p);
+        ix->centroids_ = like->centroids_;
+    } else {
+        for (std::uint64_t i = 0; i < nlist * d; ++i)
+            MUDG_CHECK(std::isfinite(centroids[i]), "'%s' is corrupted (centroid %llu holds a NaN or infinite value)",
+                       p, (ull)(i / d));
+        ix->set_centroids(MatrixView<const float>(centroids, h.nlist, h.dim));
+    }
     const auto* params = reinterpret_cast<const float*>(base + params_offset);
     try {
         if (codec == Codec::sq8)
@@ -567,14 +635,167 @@ std::unique_ptr<IvfIndex> IvfIo::load(const std::string& path, bool mmap, bool v
                    "'%s' is corrupted (list data checksum mismatch)", p);
     }
     ix->ntotal_ = h.ntotal;
+    // Everything before the list data has been copied out: its pages need not stay resident.
+    map->release_until(data_offset);
     ix->mapping_ = std::move(map);
     return ix;
 }
 
 void IvfIndex::save(const std::string& path) const { IvfIo::save(*this, path); }
 
-std::unique_ptr<IvfIndex> IvfIndex::load(const std::string& path, bool mmap, bool verify) {
-    return IvfIo::load(path, mmap, verify);
+std::unique_ptr<IvfIndex> IvfIndex::load(const std::string& path, bool mmap, bool verify,
+                                         const IvfIndex* trained_like) {
+    return IvfIo::load(path, mmap, verify, trained_like);
+}
+
+void IvfIndex::merge_files(const std::vector<std::string>& parts, const std::string& path,
+                           const std::string& metadata, int n_threads, std::uint64_t batch_bytes) {
+    IvfIo::merge_files(parts, path, metadata, n_threads, batch_bytes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging part files
+
+namespace {
+
+/// Copies the code of slot `s` of block `src` into slot `t` of block `dst` (the code bits as
+/// they are, so the merged list holds exactly the codes the parts computed).
+void copy_slot(Codec codec, idx_t d, const std::uint8_t* src, int s, std::uint8_t* dst, int t) {
+    switch (codec) {
+        case Codec::f32:
+            for (idx_t k = 0; k < d; ++k) std::memcpy(dst + 4 * (k * kBlock + t), src + 4 * (k * kBlock + s), 4);
+            break;
+        case Codec::f16:
+            for (idx_t k = 0; k < d; ++k) std::memcpy(dst + 2 * (k * kBlock + t), src + 2 * (k * kBlock + s), 2);
+            break;
+        case Codec::sq8:
+            for (idx_t k = 0; k < d; ++k) dst[k * kBlock + t] = src[k * kBlock + s];
+            break;
+        case Codec::sq4:
+            for (idx_t k = 0; k < d; ++k) {
+                const std::uint8_t in = src[k * 8 + (s & 7)];
+                const std::uint8_t c = s < 8 ? (in & 0x0F) : (in >> 4);
+                std::uint8_t& out = dst[k * 8 + (t & 7)];
+                out = t < 8 ? static_cast<std::uint8_t>((out & 0xF0) | c) : static_cast<std::uint8_t>((out & 0x0F) | (c << 4));
+            }
+            break;
+    }
+}
+
+}  // namespace
+
+void IvfIo::merge_files(const std::vector<std::string>& paths, const std::string& path, const std::string& metadata,
+                        int n_threads, std::uint64_t batch_bytes) {
+    MUDG_CHECK(!paths.empty(), "merging needs at least one part");
+    MUDG_CHECK(metadata.size() <= kMaxMetadataBytes, "metadata is %llu bytes, at most %llu are stored",
+               (unsigned long long)metadata.size(), (unsigned long long)kMaxMetadataBytes);
+    // 1. Open the parts (mapped; list data is checked below, as it is read) and check that they
+    //    were trained together.
+    std::vector<std::unique_ptr<IvfIndex>> parts;
+    parts.push_back(load(paths[0], true, false, nullptr));
+    const IvfIndex& first = *parts[0];
+    const std::uint64_t fp = first.fingerprint();
+    for (std::size_t i = 1; i < paths.size(); ++i) {
+        parts.push_back(load(paths[i], true, false, &first));
+        const std::uint64_t fi = parts[i]->fingerprint();
+        MUDG_CHECK(fi == fp,
+                   "'%s' was trained differently from '%s' (fingerprints %016llx and %016llx): parts of one index "
+                   "share one training",
+                   paths[i].c_str(), paths[0].c_str(), (unsigned long long)fi, (unsigned long long)fp);
+    }
+    const std::size_t np = parts.size();
+    const idx_t nlist = first.nlist_, d = first.dim_;
+    const Codec codec = first.codec_;
+    const std::uint64_t bbytes = static_cast<std::uint64_t>(block_bytes(codec, d));
+    std::vector<idx_t> sizes(static_cast<std::size_t>(nlist), 0);
+    idx_t ntotal = 0;
+    for (const auto& p : parts) {
+        MUDG_CHECK(p->ntotal_ <= std::numeric_limits<std::int64_t>::max() / 2 - ntotal, "the parts hold too many vectors");
+        ntotal += p->ntotal_;
+        for (idx_t l = 0; l < nlist; ++l) sizes[l] += p->lists_[l].size;
+    }
+    // The output's extension records: part 0's (the state of every component that keeps some),
+    // with the metadata replaced.
+    std::vector<IvfExtension> records;
+    for (IvfExtension& r : first.extension_records())
+        if (r.tag != fourcc("META")) records.push_back(std::move(r));
+    if (!metadata.empty())
+        records.push_back({fourcc("META"), false, std::vector<std::uint8_t>(metadata.begin(), metadata.end())});
+    std::sort(records.begin(), records.end(),
+              [](const IvfExtension& a, const IvfExtension& b) { return a.tag < b.tag; });
+
+    // 2. Batches of consecutive lists, assembled in parallel and written in order.
+    std::vector<std::vector<std::uint64_t>> part_sums(np, std::vector<std::uint64_t>(static_cast<std::size_t>(2 * nlist)));
+    std::vector<std::uint64_t> code_at(static_cast<std::size_t>(nlist)), id_at(static_cast<std::size_t>(nlist));
+    std::vector<std::uint8_t> codes;
+    std::vector<idx_t> ids;
+    idx_t batch_begin = 0, batch_end = 0;
+    auto assemble = [&](idx_t l0) {
+        // The batch: lists from l0 while they fit in batch_bytes (at least one list).
+        std::uint64_t cbytes = 0, nids = 0;
+        idx_t l1 = l0;
+        while (l1 < nlist) {
+            const std::uint64_t c = static_cast<std::uint64_t>(n_blocks(sizes[l1])) * bbytes;
+            const std::uint64_t n = static_cast<std::uint64_t>(sizes[l1]);
+            if (l1 > l0 && cbytes + c + 8 * (nids + n) > batch_bytes) break;
+            code_at[l1] = cbytes;
+            id_at[l1] = nids;
+            cbytes += c;
+            nids += n;
+            ++l1;
+        }
+        codes.assign(static_cast<std::size_t>(cbytes), 0);
+        ids.resize(static_cast<std::size_t>(nids));
+        parallel_for(l1 - l0, 1, n_threads, [&](idx_t a, idx_t b, int) {
+            for (idx_t l = l0 + a; l < l0 + b; ++l) {
+                std::uint8_t* out = codes.data() + code_at[l];
+                idx_t* out_ids = ids.data() + id_at[l];
+                idx_t pos = 0;
+                for (std::size_t p = 0; p < np; ++p) {
+                    const IvfIndex::List& src = parts[p]->lists_[l];
+                    const std::size_t src_bytes = static_cast<std::size_t>(n_blocks(src.size) * bbytes);
+                    part_sums[p][2 * l] = checksum64(src.code_ptr(), src_bytes);
+                    part_sums[p][2 * l + 1] = checksum64(src.id_ptr(), static_cast<std::size_t>(src.size * 8));
+                    if (pos % kBlock == 0) {  // block aligned: the blocks as they are
+                        if (src_bytes) std::memcpy(out + (pos / kBlock) * bbytes, src.code_ptr(), src_bytes);
+                    } else {
+                        for (idx_t j = 0; j < src.size; ++j) {
+                            const idx_t t = pos + j;
+                            copy_slot(codec, d, src.code_ptr() + (j / kBlock) * bbytes, static_cast<int>(j % kBlock),
+                                      out + (t / kBlock) * bbytes, static_cast<int>(t % kBlock));
+                        }
+                    }
+                    std::copy(src.id_ptr(), src.id_ptr() + src.size, out_ids + pos);
+                    pos += src.size;
+                }
+            }
+        });
+        // The parts' pages read so far need not stay resident.
+        for (std::size_t p = 0; p < np; ++p) {
+            const IvfIndex::List& last = parts[p]->lists_[l1 - 1];
+            if (last.ext_ids)
+                parts[p]->mapping_->release_until(
+                    static_cast<std::uint64_t>(reinterpret_cast<const std::uint8_t*>(last.ext_ids + last.size) -
+                                               parts[p]->mapping_->data()));
+        }
+        batch_begin = l0;
+        batch_end = l1;
+    };
+    write_file(first, records, sizes,
+               [&](idx_t l) {
+                   if (l >= batch_end) assemble(l);
+                   MUDG_ASSERT(l >= batch_begin && l < batch_end);
+                   return ListBytes{codes.data() + code_at[l], ids.data() + id_at[l]};
+               },
+               path);
+
+    // 3. Every part's list data against the checksum in its header.
+    for (std::size_t p = 0; p < np; ++p) {
+        Header h;
+        std::memcpy(&h, parts[p]->mapping_->data(), sizeof(h));
+        MUDG_CHECK(checksum64(part_sums[p].data(), part_sums[p].size() * 8) == h.data_checksum,
+                   "'%s' is corrupted (list data checksum mismatch): the merged file is not valid", paths[p].c_str());
+    }
 }
 
 }  // namespace mudg_fast

@@ -78,18 +78,33 @@ void IvfIndex::search(MatrixView<const float> q, int k, int nprobe, MatrixView<f
 
 void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const idx_t> probe_lists,
                              MatrixView<float> out_s, MatrixView<idx_t> out_i, int n_threads, SearchMode mode) const {
+    search_probed_parts({this}, q, k, probe_lists, out_s, out_i, n_threads, mode);
+}
+
+void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, MatrixView<const float> q, int k,
+                                   MatrixView<const idx_t> probe_lists, MatrixView<float> out_s,
+                                   MatrixView<idx_t> out_i, int n_threads, SearchMode mode) {
+    MUDG_CHECK(!parts.empty(), "search over parts needs at least one part");
+    for (const IvfIndex* p : parts) MUDG_CHECK(p != nullptr, "a part is missing (null)");
+    const IvfIndex& ix = *parts[0];  // the shared training: codec parameters, nlist, dim
+    for (const IvfIndex* p : parts)
+        MUDG_CHECK(p->dim_ == ix.dim_ && p->nlist_ == ix.nlist_ && p->codec_ == ix.codec_ && p->sq_a_ == ix.sq_a_ &&
+                       p->sq_b_ == ix.sq_b_,
+                   "parts differ in dim, nlist, codec or codec parameters: they were not trained together");
+    const idx_t nlist = ix.nlist_;
     MUDG_CHECK(k >= 1, "k must be >= 1, got %d", k);
-    MUDG_CHECK(q.cols == dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols, (long long)dim_);
+    MUDG_CHECK(q.cols == ix.dim_, "queries have %lld dimensions, the index %lld", (long long)q.cols,
+               (long long)ix.dim_);
     MUDG_CHECK(probe_lists.rows == q.rows, "probes have %lld rows for %lld queries", (long long)probe_lists.rows,
                (long long)q.rows);
-    const idx_t nq = q.rows, d = dim_;
+    const idx_t nq = q.rows, d = ix.dim_;
     const int nprobe = static_cast<int>(probe_lists.cols);
     std::vector<idx_t> row(static_cast<std::size_t>(nprobe));
     for (idx_t i = 0; i < nq; ++i) {
         for (idx_t j = 0; j < nprobe; ++j) {
             const idx_t l = probe_lists.row(i)[j];
-            MUDG_CHECK(l >= -1 && l < nlist_, "probe %lld of query %lld is list %lld, outside [-1, %lld)",
-                       (long long)j, (long long)i, (long long)l, (long long)nlist_);
+            MUDG_CHECK(l >= -1 && l < nlist, "probe %lld of query %lld is list %lld, outside [-1, %lld)",
+                       (long long)j, (long long)i, (long long)l, (long long)nlist);
             row[j] = l;
         }
         std::sort(row.begin(), row.end());  // a list probed twice would report its vectors twice
@@ -102,7 +117,15 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
             out_s.row(i)[j] = kNegInf;
             out_i.row(i)[j] = -1;
         }
-    if (nq == 0 || ntotal_ == 0 || nprobe == 0) return;
+    idx_t ntotal = 0;
+    for (const IvfIndex* p : parts) ntotal += p->ntotal_;
+    if (nq == 0 || ntotal == 0 || nprobe == 0) return;
+    // Vectors of list l over all parts (the cost of scanning it once).
+    auto list_total = [&](idx_t l) {
+        idx_t n = 0;
+        for (const IvfIndex* p : parts) n += p->lists_[l].size;
+        return n;
+    };
     const Kernels& K = kernels();
     const int mr = K.mr;
     // A contiguous copy: the scans below index probes[qi * nprobe + p].
@@ -111,18 +134,18 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
 
     // SQ8 scores are <q * step, code> + <q, vmin>: the kernels see pre-scaled queries, the
     // per-query constant is added at the end (it does not change the ranking).
-    const float* scale = codec_ == Codec::sq8 ? sq_b_.data() : nullptr;
+    const float* scale = ix.codec_ == Codec::sq8 ? ix.sq_b_.data() : nullptr;
     std::vector<double> bias;
-    if (codec_ == Codec::sq8) {
+    if (ix.codec_ == Codec::sq8) {
         bias.resize(nq);
         for (idx_t i = 0; i < nq; ++i) {
             double s = 0;
-            for (idx_t t = 0; t < d; ++t) s += static_cast<double>(q.row(i)[t]) * sq_a_[t];
+            for (idx_t t = 0; t < d; ++t) s += static_cast<double>(q.row(i)[t]) * ix.sq_a_[t];
             bias[i] = s;
         }
     }
-    const float* lut = codec_ == Codec::sq4 ? sq_a_.data() : nullptr;
-    const int kk = static_cast<int>(std::min<idx_t>(k, ntotal_));
+    const float* lut = ix.codec_ == Codec::sq4 ? ix.sq_a_.data() : nullptr;
+    const int kk = static_cast<int>(std::min<idx_t>(k, ntotal));
     auto finish_row = [&](const TopkHeaps& heaps, idx_t row, idx_t qi) {
         std::vector<float> s(kk);
         std::vector<idx_t> ids(kk);
@@ -134,10 +157,10 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
     };
     TileArgs base;
     base.d = d;
-    base.codec = codec_;
+    base.codec = ix.codec_;
     base.lut = lut;
     // SQ4 residual codes: each call adds <q, c_l> (row_bias) and scales by s_l (row_scale).
-    const bool residual = sq4_residual();
+    const bool residual = ix.sq4_residual();
 
     if (mode == SearchMode::automatic) mode = nq >= kListMajorMin ? SearchMode::list_major : SearchMode::per_query;
 
@@ -158,27 +181,29 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
                 if (residual) {  // <q, c_l> of all probed lists in one call (a -1 probe reads list 0)
                     idx_t* valid = plist[tid].data();
                     for (int p = 0; p < nprobe; ++p) valid[p] = lists[p] < 0 ? 0 : lists[p];
-                    cq = cterm[tid].compute(K, a, 1, centroids_.data(), valid, nprobe, d);
+                    cq = cterm[tid].compute(K, a, 1, ix.centroids().data(), valid, nprobe, d);
                 }
                 for (int p = 0; p < nprobe; ++p) {
                     const idx_t l = lists[p];
                     if (l < 0) continue;
-                    const List& list = lists_[l];
-                    if (!list.size) continue;
-                    TileArgs t = base;
-                    t.a = a;
-                    t.n_rows = 1;
-                    t.b = list.code_ptr();
-                    t.n_cols = list.size;
-                    if (residual) {
-                        t.row_bias = cq + p;
-                        t.row_scale = sq_b_[l];
+                    for (const IvfIndex* part : parts) {
+                        const List& list = part->lists_[l];
+                        if (!list.size) continue;
+                        TileArgs t = base;
+                        t.a = a;
+                        t.n_rows = 1;
+                        t.b = list.code_ptr();
+                        t.n_cols = list.size;
+                        if (residual) {
+                            t.row_bias = cq + p;
+                            t.row_scale = ix.sq_b_[l];
+                        }
+                        HeapSink ctx;
+                        ctx.heaps = &h;
+                        ctx.call_thresholds = h.thresholds();
+                        ctx.col_ids = list.id_ptr();
+                        K.topk(t, h.thresholds(), HeapSink::sink, &ctx);
                     }
-                    HeapSink ctx;
-                    ctx.heaps = &h;
-                    ctx.call_thresholds = h.thresholds();
-                    ctx.col_ids = list.id_ptr();
-                    K.topk(t, h.thresholds(), HeapSink::sink, &ctx);
                 }
                 finish_row(h, 0, qi);
             }
@@ -187,25 +212,28 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
     }
 
     // 2. List-major: invert (query, list) pairs into per-list query sets (ascending query ids).
-    std::vector<idx_t> start(nlist_ + 1, 0), members(static_cast<std::size_t>(nq * nprobe));
+    std::vector<idx_t> start(nlist + 1, 0), members(static_cast<std::size_t>(nq * nprobe));
     for (idx_t i = 0; i < nq * nprobe; ++i)
         if (probes[i] >= 0) ++start[probes[i] + 1];
-    for (idx_t l = 0; l < nlist_; ++l) start[l + 1] += start[l];
+    for (idx_t l = 0; l < nlist; ++l) start[l + 1] += start[l];
     {
         std::vector<idx_t> fill(start.begin(), start.end() - 1);
         for (idx_t i = 0; i < nq * nprobe; ++i)
             if (probes[i] >= 0) members[fill[probes[i]]++] = i / nprobe;
     }
-    // Work items: (list, row group), largest first for load balance. The result does not depend
-    // on the order: every reduction uses the total order (score, then lower id).
+    // Work items: (list, row group), largest first for load balance; an item scans list l of
+    // every part with the same packed queries. The result does not depend on the order: every
+    // reduction uses the total order (score, then lower id).
     struct Item { idx_t list, r0, r1; double cost; };
     std::vector<Item> items;
-    for (idx_t l = 0; l < nlist_; ++l) {
+    for (idx_t l = 0; l < nlist; ++l) {
         const idx_t m = start[l + 1] - start[l];
-        if (!m || !lists_[l].size) continue;
+        if (!m) continue;
+        const idx_t size = list_total(l);
+        if (!size) continue;
         for (idx_t r0 = 0; r0 < m; r0 += kRowGroup) {
             const idx_t r1 = std::min(m, r0 + kRowGroup);
-            items.push_back({l, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(lists_[l].size)});
+            items.push_back({l, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(size)});
         }
     }
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
@@ -225,28 +253,34 @@ void IvfIndex::search_probed(MatrixView<const float> q, int k, MatrixView<const 
         }
         for (idx_t w = b; w < e; ++w) {
             const Item& it = items[w];
-            const List& list = lists_[it.list];
             const idx_t rows = it.r1 - it.r0;
             const idx_t* qids = members.data() + start[it.list] + it.r0;
             float* a = panel[tid].get(packed_rows_size(kRowGroup, d, mr));
             pack_rows(q.data, q.stride, qids, rows, d, mr, scale, a);
             float* t_thr = thr[tid].data();
             for (idx_t r = 0; r < rows; ++r) t_thr[r] = h.threshold(qids[r]);
-            TileArgs t = base;
-            t.a = a;
-            t.n_rows = rows;
-            t.b = list.code_ptr();
-            t.n_cols = list.size;
-            if (residual) {
-                t.row_bias = cterm[tid].compute(K, a, rows, centroids_.data(), &it.list, 1, d);
-                t.row_scale = sq_b_[it.list];
+            // <q, c_l> of the group's rows: one call, shared by every part's list l.
+            const float* cq = residual ? cterm[tid].compute(K, a, rows, ix.centroids().data(), &it.list, 1, d)
+                                       : nullptr;
+            for (const IvfIndex* part : parts) {
+                const List& list = part->lists_[it.list];
+                if (!list.size) continue;
+                TileArgs t = base;
+                t.a = a;
+                t.n_rows = rows;
+                t.b = list.code_ptr();
+                t.n_cols = list.size;
+                if (residual) {
+                    t.row_bias = cq;
+                    t.row_scale = ix.sq_b_[it.list];
+                }
+                HeapSink ctx;
+                ctx.heaps = &h;
+                ctx.call_thresholds = t_thr;  // the sink keeps them equal to the heaps' thresholds
+                ctx.row_map = qids;
+                ctx.col_ids = list.id_ptr();
+                K.topk(t, t_thr, HeapSink::sink, &ctx);
             }
-            HeapSink ctx;
-            ctx.heaps = &h;
-            ctx.call_thresholds = t_thr;
-            ctx.row_map = qids;
-            ctx.col_ids = list.id_ptr();
-            K.topk(t, t_thr, HeapSink::sink, &ctx);
         }
     });
     // 3. Merge the per-thread heaps (thread order; the result is order-independent anyway).

@@ -334,6 +334,75 @@ TEST(merge_equals_adding_everything_to_one_index) {
     CHECK_THROWS(s1->merge_from(*s2), Error, "different codec parameters");
 }
 
+namespace {
+std::vector<char> file_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(f), {});
+}
+}  // namespace
+
+TEST(parts_search_and_merge_equal_one_index) {
+    // Three parts (one of them empty, one block aligned) of one training; searched together they
+    // give the whole index's answer, and merged they give its file byte for byte.
+    for (Codec codec : kCodecs) {
+        const idx_t n = 600, d = 13, nlist = 5, nq = 40;
+        const auto x = uniform(n * d, 21), q = uniform(nq * d, 22);
+        auto whole = make_index(x, n, d, nlist, codec);
+        whole->add(MatrixView<const float>(x.data(), n, d), nullptr);
+        const idx_t cuts[] = {0, 32, 32, 217, n};
+        std::vector<std::string> paths;
+        std::vector<std::unique_ptr<IvfIndex>> parts;
+        for (int p = 0; p < 4; ++p) {
+            auto part = make_index(x, n, d, nlist, codec);
+            std::vector<idx_t> ids;
+            for (idx_t i = cuts[p]; i < cuts[p + 1]; ++i) ids.push_back(i);
+            part->add(MatrixView<const float>(x.data() + cuts[p] * d, cuts[p + 1] - cuts[p], d), ids.data());
+            paths.push_back(temp_path((std::string("part") + std::to_string(p) + codec_name(codec)).c_str()));
+            part->save(paths.back());
+            parts.push_back(IvfIndex::load(paths.back(), true, true, p ? parts[0].get() : nullptr));
+        }
+        CHECK(&parts[1]->centroids() == &parts[0]->centroids());  // shared, not copied
+        std::vector<const IvfIndex*> ptrs;
+        for (const auto& p : parts) ptrs.push_back(p.get());
+        for (int nprobe : {1, 3, 5})
+            for (int k : {4, 700})
+                for (SearchMode mode : {SearchMode::list_major, SearchMode::per_query}) {
+                    std::vector<float> ps(nq * nprobe);
+                    std::vector<idx_t> probes(nq * nprobe);
+                    whole->probe(MatrixView<const float>(q.data(), nq, d), nprobe,
+                                 MatrixView<float>(ps.data(), nq, nprobe), MatrixView<idx_t>(probes.data(), nq, nprobe));
+                    Result got{std::vector<float>(nq * k), std::vector<idx_t>(nq * k)};
+                    IvfIndex::search_probed_parts(ptrs, MatrixView<const float>(q.data(), nq, d), k,
+                                                  MatrixView<const idx_t>(probes.data(), nq, nprobe),
+                                                  MatrixView<float>(got.s.data(), nq, k),
+                                                  MatrixView<idx_t>(got.i.data(), nq, k), 3, mode);
+                    check_same(got, search(*whole, q, nq, k, nprobe, 2, mode), std::string("parts ") + codec_name(codec));
+                }
+        const std::string merged = temp_path((std::string("merged") + codec_name(codec)).c_str());
+        const std::string single = temp_path((std::string("single") + codec_name(codec)).c_str());
+        whole->set_metadata("{\"a\": 1}");
+        whole->save(single);
+        for (int threads : {1, 3}) {
+            IvfIndex::merge_files(paths, merged, "{\"a\": 1}", threads);
+            CHECK(file_bytes(merged) == file_bytes(single));
+        }
+        // A part of another training is refused, by name; so is a damaged part.
+        auto other = make_index(x, n, d, nlist, codec);
+        other->train_codec(MatrixView<const float>(x.data() + d, 50, d));
+        other->add(MatrixView<const float>(x.data(), 10, d), nullptr);
+        const std::string odd = temp_path("odd");
+        other->save(odd);
+        if (codec == Codec::sq8 || codec == Codec::sq4)
+            CHECK_THROWS(IvfIndex::merge_files({paths[0], odd}, merged, "", 1), Error, "trained differently");
+        auto bytes = file_bytes(paths[3]);
+        bytes[bytes.size() - 40] ^= 0x04;  // an id of the last list
+        std::ofstream(paths[3], std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        CHECK_THROWS(IvfIndex::merge_files(paths, merged, "", 2), Error, (paths[3] + "' is corrupted").c_str());
+        for (const auto& path : paths) std::remove(path.c_str());
+        for (const auto& path : {merged, single, odd}) std::remove(path.c_str());
+    }
+}
+
 TEST(large_lists_use_mapped_buffers) {
     // One list of 3000 f32 vectors of d = 40: 480 kB of codes, grown in place past the 64 kB
     // mapping threshold, appended in slices that leave the last block half full.

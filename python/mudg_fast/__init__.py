@@ -11,6 +11,7 @@ from . import _core, augment, datasets, synthetic
 from .build import build_index
 from .index import IVFIndex
 from .kmeans import KMeans, PairedKMeans, kmeans, paired_kmeans
+from .parts import ShardedIndex, merge_parts
 from .recall import evaluate_recall, modality_gap, plot_recall
 from .reranking import rerank
 from .search import knn
@@ -23,6 +24,8 @@ __all__ = [
     "datasets",
     "synthetic",
     "IVFIndex",
+    "ShardedIndex",
+    "merge_parts",
     "KMeans",
     "PairedKMeans",
     "kmeans",

@@ -39,6 +39,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from ._arrays import INT32_MAX, MAX_THREADS
+from .build_parts import build_in_parts
 from .build_plan import (  # noqa: F401 - re-exported: the build's public names live here
     FIXED_OVERHEAD,
     GROWTH_SLACK,
@@ -46,6 +47,8 @@ from .build_plan import (  # noqa: F401 - re-exported: the build's public names 
     MIN_BATCH_ROWS,
     BuildError,
     BuildPlan,
+    IndexTooLarge,
+    _available_memory,
     _calibrate,
     _check_int,
     _format_seconds,
@@ -54,12 +57,16 @@ from .build_plan import (  # noqa: F401 - re-exported: the build's public names 
     format_bytes,
     parse_memory,
     plan_build,
+    train_memory_bytes,
 )
 from .build_progress import _peak_rss_bytes, _Progress, _release_free_memory
 from .build_state import MANIFEST_FORMAT, _Checkpoints, _describe_changes, _fingerprint, _WorkDir
+from .engines import Engine
 from .index import CODECS, IVFIndex
 from .kmeans import METHODS, TWO_LEVEL_MIN_CLUSTERS
 from .quantizer import quantizer_defaults, resolve_quantizer
+from .outofcore import plan_parts
+from .parts import ShardedIndex
 from .shards import EmbeddingShards, ShardError, check_aligned, gather, sample_ids
 
 __all__ = [
@@ -96,8 +103,19 @@ def build_index(
     kmeans_method: str = "auto",
     quantizer: str = "auto",
     quantizer_probe: Optional[int] = None,
-) -> IVFIndex:
+    merge: bool = False,
+    engine: Union[str, Engine] = "local",
+    ray_address: Optional[str] = None,
+    part_size: Optional[int] = None,
+) -> Union[IVFIndex, ShardedIndex]:
     """Builds an IVF index over the ``*.npy`` image shards of ``images_dir``; writes it to ``out``.
+
+    When the finished index fits in ``memory_budget`` (and the engine is local, no ``part_size``
+    given) it is built in memory and written as one file. Otherwise it is built in parts (see
+    :mod:`mudg_fast.build_parts`): each part within the budget, written once when complete;
+    ``out`` is then a folder of part files, searched as one index by
+    :class:`~mudg_fast.ShardedIndex`, or with ``merge=True`` one file with the same bytes as an
+    in-memory build. Messages of a build in parts go to the ``mudg_fast.build`` logger.
 
     Parameters
     ----------
@@ -109,10 +127,12 @@ def build_index(
     nlist, codec : as for :class:`~mudg_fast.IVFIndex` ("f32", "f16", "sq8", "sq4").
     train_size : training sample size, drawn uniformly at random over all shards with ``seed``
         (default :func:`default_train_size`; clamped to the number of vectors).
-    memory_budget : bytes or "4GB"/"512MB" (powers of 1024) for the whole build; the batch size
-        is derived from it (default: 80% of the available memory). Raises BuildError up front when
-        the index or the training sample cannot fit.
-    out : output index file, written atomically (temporary file, then rename).
+    memory_budget : bytes or "4GB"/"512MB" (powers of 1024) for the whole build (in parts: for
+        each process that builds a part, everything it holds included); the batch and part sizes
+        are derived from it (default: 80% of the available memory). Raises BuildError up front
+        when not even one batch, or the training sample, can fit.
+    out : output index file, written atomically (temporary file, then rename); a folder of
+        parts for a build in parts without ``merge``.
     resume : continue an interrupted build of the same inputs and parameters (and return the
         existing index when it is already complete); False discards earlier progress.
     seed : seeds the training sample, k-means and the codec sample.
@@ -131,11 +151,19 @@ def build_index(
     quantizer, quantizer_probe : the index's coarse quantizer and its accuracy parameter, see
         :class:`~mudg_fast.IVFIndex` ("auto": two-level from 16384 lists). Both decide where
         vectors go, so they are part of what a resume must match.
+    merge : a build in parts writes one merged file ``out`` instead of a folder of parts.
+    engine : where the parts are built: "local" (this process, part after part), "ray" (one Ray
+        task per part; needs ``pip install "mudg_fast[ray]"``) or an
+        :class:`~mudg_fast.engines.Engine`. Parts are byte-identical with every engine.
+    ray_address : the Ray cluster to use (default: the one this process is connected to, or a
+        new local one).
+    part_size : vectors per part (default: the largest part the budget allows; with Ray at
+        least one part per worker).
 
     Returns
     -------
-    ``IVFIndex.load(out)``: the finished index, memory-mapped from the file (the build's own
-    in-memory copy is released first).
+    The finished index, memory-mapped: ``IVFIndex.load(out)``, or a
+    :class:`~mudg_fast.ShardedIndex` over the folder of parts.
     """
     nlist = _check_int("nlist", nlist)
     if codec not in CODECS:
@@ -161,11 +189,20 @@ def build_index(
         q_kind, _, q_probe = resolve_quantizer(nlist, quantizer, None, quantizer_probe)
     except (TypeError, ValueError) as e:
         raise BuildError(str(e)) from None
+    # Recorded in the build's parameters when they change the result, so that the manifests of
+    # flat builds (all builds before these options existed) still match and resume.
+    method = "two_level" if kmeans_method == "two_level" or (
+        kmeans_method == "auto" and nlist >= TWO_LEVEL_MIN_CLUSTERS) else "flat"
+    coarse = {}
+    if method != "flat" or q_kind != "flat":
+        coarse = {"kmeans_method": method, "quantizer": q_kind, "quantizer_probe": q_probe}
+    if part_size is not None:
+        part_size = _check_int("part_size", part_size)
+    if not isinstance(merge, bool):
+        raise BuildError(f"merge must be True or False, got {merge!r}")
     if out is None:
         raise BuildError("out (the index file to write) is required")
     out = Path(out)
-    if out.is_dir():
-        raise BuildError(f"out {str(out)!r} is a folder; give the path of the index file to write")
     verbose = progress is not False
 
     def say(msg: str) -> None:
@@ -188,30 +225,51 @@ def build_index(
                 f"train_size={train_size} is smaller than nlist={nlist}; k-means needs at least "
                 "one training vector per centroid (ideally 39 or more)"
             )
-        plan = plan_build(
-            images,
-            nlist=nlist,
-            codec=codec,
-            train_size=train_size,
-            memory_budget=memory_budget,
-            paired=captions is not None,
-            batch_size=batch_size,
+        in_parts = engine != "local" or part_size is not None
+        plan = None
+        if not in_parts:
+            try:
+                plan = plan_build(
+                    images,
+                    nlist=nlist,
+                    codec=codec,
+                    train_size=train_size,
+                    memory_budget=memory_budget,
+                    paired=captions is not None,
+                    batch_size=batch_size,
+                )
+            except IndexTooLarge:
+                in_parts = True
+        if in_parts:
+            return _build_in_parts(
+                images,
+                captions,
+                nlist=nlist,
+                codec=codec,
+                train_size=train_size,
+                memory_budget=memory_budget,
+                batch_size=batch_size,
+                part_size=part_size,
+                seed=seed,
+                max_iter=max_iter,
+                out=out,
+                work_dir=work_dir,
+                merge=merge,
+                engine=engine,
+                ray_address=ray_address,
+                resume=resume,
+                nprobe=nprobe,
+                num_threads=num_threads,
+                progress=progress,
+                coarse=coarse,
+            )
+        if out.is_dir():
+            raise BuildError(
+                f"out {str(out)!r} is a folder; give the path of the index file to write"
+            )
+        params = _build_params(
+            nlist, codec, plan.train_size, seed, max_iter, captions is not None, coarse
         )
-        params = {
-            "nlist": nlist,
-            "codec": codec,
-            "train_size": plan.train_size,
-            "seed": seed,
-            "max_iter": max_iter,
-            "training": "paired" if captions is not None else "standard",
-            "pairing": "nearest" if captions is not None else None,
-        }
-        # Recorded when they change the result, so that the manifests of flat builds (all builds
-        # before these options existed) still match and resume.
-        method = "two_level" if kmeans_method == "two_level" or (
-            kmeans_method == "auto" and nlist >= TWO_LEVEL_MIN_CLUSTERS) else "flat"
-        if method != "flat" or q_kind != "flat":
-            params.update(kmeans_method=method, quantizer=q_kind, quantizer_probe=q_probe)
         work.lock()
         try:
             return _build(
@@ -234,6 +292,114 @@ def build_index(
         images.close()
         if captions is not None:
             captions.close()
+
+
+def _build_params(nlist, codec, train_size, seed, max_iter, paired, coarse=None) -> dict:
+    """The parameters a resume must match (the manifest's fingerprint); ``coarse``: the
+    k-means method and coarse quantizer when they are not flat."""
+    return {
+        **(coarse or {}),
+        "nlist": nlist,
+        "codec": codec,
+        "train_size": train_size,
+        "seed": seed,
+        "max_iter": max_iter,
+        "training": "paired" if paired else "standard",
+        "pairing": "nearest" if paired else None,
+    }
+
+
+def _index_metadata(images: EmbeddingShards) -> dict:
+    """The metadata every file of a build carries: the in-memory build's file, each part (next
+    to its "part" entry) and the merged file, so that merging parts gives the same bytes: where
+    the vectors came from, for ``search(..., rerank=N, source="auto")``."""
+    return {"source": source_metadata(images)}
+
+
+def _build_in_parts(
+    images,
+    captions,
+    *,
+    nlist,
+    codec,
+    train_size,
+    memory_budget,
+    batch_size,
+    part_size,
+    seed,
+    max_iter,
+    out: Path,
+    work_dir,
+    merge,
+    engine,
+    ray_address,
+    resume,
+    nprobe,
+    num_threads,
+    progress,
+    coarse,
+):
+    from .engines import get_engine
+
+    eng = get_engine(engine, num_threads=num_threads, ray_address=ray_address)
+    try:
+        budget = parse_memory(memory_budget)
+        if budget is None:
+            avail = _available_memory()
+            budget = int(0.8 * avail) if avail else 8 << 30
+        paired = captions is not None
+        train_n = (
+            default_train_size(images.ntotal, nlist)
+            if train_size is None
+            else min(int(train_size), images.ntotal)
+        )
+        why = (
+            "the index does not fit in memory_budget"
+            if engine == "local" and part_size is None
+            else f"building in parts with the {eng.name} engine"
+        )
+        plan = plan_parts(
+            images,
+            nlist=nlist,
+            codec=codec,
+            train_size=train_n,
+            memory_budget=budget,
+            paired=paired,
+            batch_size=batch_size,
+            part_size=part_size,
+            min_parts=eng.concurrency if part_size is None else 1,
+            merge=merge,
+            train_bytes=train_memory_bytes(train_n, images.dim, nlist, paired),
+        )
+        params = {
+            **_build_params(nlist, codec, train_n, seed, max_iter, paired, coarse),
+            "layout": "parts",
+        }
+        work = _WorkDir(
+            Path(work_dir) if work_dir is not None else out.with_name(out.name + ".build")
+        )
+        work.lock()
+        try:
+            return build_in_parts(
+                images,
+                captions,
+                plan,
+                params,
+                out,
+                work,
+                eng,
+                merge=merge,
+                resume=resume,
+                nprobe=nprobe,
+                num_threads=num_threads,
+                progress=progress,
+                metadata=_index_metadata(images),
+                why=why,
+            )
+        finally:
+            work.unlock()
+    finally:
+        eng.close()
 
 
 def _build(
@@ -378,8 +544,7 @@ def _build(
             )
         raise
 
-    # Where the vectors came from, for IVFIndex.search(..., rerank=N, source="auto").
-    index.set_metadata({**index.metadata, "source": source_metadata(images)})
+    index.set_metadata({**index.metadata, **_index_metadata(images)})
     t0 = time.monotonic()
     index.save(out)
     st = out.stat()

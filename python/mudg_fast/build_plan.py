@@ -44,6 +44,11 @@ class BuildError(ValueError):
     """A build cannot start or resume as asked (bad parameter, budget, changed inputs)."""
 
 
+class IndexTooLarge(BuildError):
+    """The finished index does not fit in the memory budget of an in-memory build (a build in
+    parts can still do it)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # sizes
 
@@ -158,6 +163,19 @@ def _file_bytes(ntotal: int, dim: int, nlist: int, codec: str) -> int:
     return int(head + ntotal * (bpv + 8) + nlist * (8 * bpv + 36) + 16)
 
 
+def train_memory_bytes(train_n: int, dim: int, nlist: int, paired: bool) -> int:
+    """Training's memory: the sample(s); k-means' own sample of <= 256 points per centroid,
+    labels and pairs; centroids; the codec's sample of <= 65536 rows; FIXED_OVERHEAD."""
+    return int(
+        train_n * dim * 4 * (2 if paired else 1)
+        + min(train_n, 256 * nlist) * dim * 4
+        + train_n * 16
+        + 2 * nlist * dim * 4
+        + min(train_n, 65_536) * dim * 4
+        + FIXED_OVERHEAD
+    )
+
+
 def plan_build(
     images: EmbeddingShards,
     *,
@@ -199,7 +217,7 @@ def plan_build(
         batch_rows = min(max(room, 0) // per_row, MAX_BATCH_ROWS, max(largest, 1))
         if batch_rows < min(MIN_BATCH_ROWS, largest):
             need = resident + FIXED_OVERHEAD + min(MIN_BATCH_ROWS, largest) * per_row
-            raise BuildError(
+            raise IndexTooLarge(
                 f"memory_budget {format_bytes(budget)} is too small: the finished index needs "
                 f"about {format_bytes(resident)} in memory while it grows ({ntotal:,} vectors x "
                 f"{dim} with codec {codec!r}) plus batches of at least {MIN_BATCH_ROWS} rows; give "
@@ -208,20 +226,11 @@ def plan_build(
             )
         batch_rows = int(batch_rows)
     if resident + FIXED_OVERHEAD > budget:
-        raise BuildError(
+        raise IndexTooLarge(
             f"memory_budget {format_bytes(budget)} is smaller than the index needs while it "
             f"grows (~{format_bytes(resident)}); raise it or use a smaller codec"
         )
-    # training: the sample(s); k-means' own sample of <= 256 points per centroid, labels and
-    # pairs; centroids; the codec's sample of <= 65536 rows
-    train_bytes = int(
-        train_n * dim * 4 * (2 if paired else 1)
-        + min(train_n, 256 * nlist) * dim * 4
-        + train_n * 16
-        + 2 * nlist * dim * 4
-        + min(train_n, 65_536) * dim * 4
-        + FIXED_OVERHEAD
-    )
+    train_bytes = train_memory_bytes(train_n, dim, nlist, paired)
     if train_bytes > budget:
         per = dim * 4 * (4 if paired else 3) + 16
         fit = (budget - 2 * nlist * dim * 4 - FIXED_OVERHEAD) // per

@@ -19,6 +19,7 @@ class _Progress:
         self.bar = None
         self.printer = False
         self.t0, self.n0, self.last_print = time.monotonic(), initial, 0.0
+        self.parts = None
         if mode is True:
             try:
                 from tqdm.auto import tqdm
@@ -35,6 +36,16 @@ class _Progress:
             except ImportError:
                 self.printer = True
 
+    def set_parts(self, done: int, total: int) -> None:
+        """Shows how many parts are finished (builds in parts); the plain line is printed at
+        every finished part."""
+        first = self.parts is None
+        self.parts = (int(done), int(total))
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"parts {done}/{total}")
+        if self.printer and not first:
+            self._print(time.monotonic())
+
     def update_to(self, done: int) -> None:
         done = int(done)
         if self.bar is not None and done > self.bar.n:
@@ -42,18 +53,23 @@ class _Progress:
         self.n = done
         if self.printer:
             now = time.monotonic()
-            if now - self.last_print >= 10 or done >= self.total:
-                rate = (done - self.n0) / max(now - self.t0, 1e-9)
-                eta = (self.total - done) / rate if rate > 0 else math.inf
-                print(
-                    f"  {done:,}/{self.total:,} vectors ({100 * done / max(self.total, 1):.1f}%), "
-                    f"{rate:,.0f}/s, ETA {_format_seconds(eta) if math.isfinite(eta) else '?'}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.last_print = now
+            if now - self.last_print >= 10 or (done >= self.total and self.parts is None):
+                self._print(now)
         if self.callback is not None:
             self.callback(done, self.total)
+
+    def _print(self, now: float) -> None:
+        done = self.n
+        rate = (done - self.n0) / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        parts = f", parts {self.parts[0]}/{self.parts[1]}" if self.parts else ""
+        print(
+            f"  {done:,}/{self.total:,} vectors ({100 * done / max(self.total, 1):.1f}%){parts}, "
+            f"{rate:,.0f}/s, ETA {_format_seconds(eta) if math.isfinite(eta) else '?'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.last_print = now
 
     def close(self) -> None:
         if self.bar is not None:

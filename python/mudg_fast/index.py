@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from ._arrays import as_ids, as_matrix, check_k, resolve_threads
 from .kmeans import KMeans, PairedKMeans
-from .reranking import open_source
+from .reranking import search_reranked
 from .quantizer import resolve_quantizer
 
 __all__ = ["CODECS", "IVFIndex", "atomic_write"]
@@ -166,31 +166,21 @@ def _seeded_sample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(x[rows])
 
 
-_RERANK_CHUNK_SLOTS = 1 << 22  # shortlist slots searched and re-ranked at a time (memory bound)
-
-
-def _source_from_metadata(index):
-    """The img_emb folder ``build_index`` recorded in ``index.metadata["source"]``, checked against
-    the index (ValueError when absent or when the folder no longer matches)."""
-    from .shards import EmbeddingShards, ShardError
-
-    meta = index.metadata.get("source")
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("img_emb"), str):
-        raise ValueError("source='auto' needs to know where the index's vectors came from, but this index records "
-                         "no source (index.metadata['source'], written by build_index): pass source= explicitly "
-                         "(the img_emb folder of .npy shards, an array or memory map, or a callable ids -> rows)")
-    folder = meta["img_emb"]
+def _metadata_bytes(metadata) -> bytes:
+    """The stored form of user metadata: sorted-key JSON in UTF-8 (empty for an empty mapping)."""
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping (e.g. a dict), got {type(metadata).__name__}")
+    bad = [k for k in metadata if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"metadata keys must be str, got {bad[0]!r}")
     try:
-        shards = EmbeddingShards(folder, label="source")
-    except (FileNotFoundError, ShardError) as e:
-        raise ValueError(f"source='auto': the index was built from {folder}, which cannot be read now ({e}); "
-                         "pass source= explicitly") from None
-    want = (meta.get("ntotal"), meta.get("dim"))
-    if (shards.ntotal, shards.dim) != want or shards.dim != index.dim:
-        shards.close()
-        raise ValueError(f"source='auto': {folder} now holds {shards.ntotal} x {shards.dim} vectors, but the index was "
-                         f"built from {want[0]} x {want[1]}; the shards changed: pass source= explicitly")
-    return shards
+        text = json.dumps(dict(metadata), sort_keys=True, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata must hold str keys and finite JSON values: {e}") from None
+    raw = text.encode("utf-8") if metadata else b""
+    if len(raw) > _core.max_metadata_bytes:
+        raise ValueError(f"metadata is {len(raw)} bytes as JSON, at most {_core.max_metadata_bytes} are stored")
+    return raw
 
 
 class IVFIndex:
@@ -487,31 +477,9 @@ class IVFIndex:
         q = as_matrix(queries, name="queries", dim=self.dim, allow_1d=True, allow_empty=True)
         if not rerank:
             return self._ix.search(q, k, nprobe, resolve_threads(self.num_threads), mode)
-        rerank = check_k(rerank, "rerank")
-        if source is None:
-            raise ValueError("rerank needs source=: the original vectors (an array or memory map indexed by id, "
-                             "a folder of .npy shards, a callable ids -> rows, or 'auto')")
-        if isinstance(source, str) and source == "auto":
-            source = _source_from_metadata(self)
-            owned = source
-        else:
-            owned = None
-        short = max(k, rerank)
         threads = resolve_threads(self.num_threads)
-        try:
-            with open_source(source, self.dim) as src:
-                step = max(1, _RERANK_CHUNK_SLOTS // short)
-                parts = []
-                for q0 in range(0, max(q.shape[0], 1), step):
-                    qc = q[q0:q0 + step]
-                    _, cand = self._ix.search(qc, short, nprobe, threads, mode)
-                    parts.append(_core.rerank(qc, cand, k, src.spec, threads))
-        finally:
-            if owned is not None:
-                owned.close()
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return search_reranked(lambda qc, n: self._ix.search(qc, n, nprobe, threads, mode), q, k, rerank, source,
+                               self, threads)
 
     def probe(self, queries, nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """The coarse stage of ``search``: the ``nprobe`` lists nearest to each query by the coarse
@@ -590,19 +558,7 @@ class IVFIndex:
     def set_metadata(self, metadata: Mapping) -> IVFIndex:
         """Replaces the metadata saved with the index: a mapping with str keys and JSON values
         (at most 1 MiB as JSON). It does not change how the index searches."""
-        if not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata must be a mapping (e.g. a dict), got {type(metadata).__name__}")
-        bad = [k for k in metadata if not isinstance(k, str)]
-        if bad:
-            raise ValueError(f"metadata keys must be str, got {bad[0]!r}")
-        try:
-            text = json.dumps(dict(metadata), sort_keys=True, allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"metadata must hold str keys and finite JSON values: {e}") from None
-        raw = text.encode("utf-8") if metadata else b""
-        if len(raw) > _core.max_metadata_bytes:
-            raise ValueError(f"metadata is {len(raw)} bytes as JSON, at most {_core.max_metadata_bytes} are stored")
-        self._ix.set_metadata(raw)
+        self._ix.set_metadata(_metadata_bytes(metadata))
         return self
 
     # -- persistence ------------------------------------------------------------------------------

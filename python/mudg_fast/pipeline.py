@@ -140,7 +140,7 @@ def _plan_rerank(index, k: int, rerank, rerank_source, say) -> tuple[int, object
     if not (getattr(index, "metadata", None) or {}).get("source"):
         say(f"not re-ranking: the {index.codec} index records no source of its vectors (give rerank_source=)")
         return 0, None
-    from .index import _source_from_metadata  # noqa: PLC0415
+    from .reranking import _source_from_metadata  # noqa: PLC0415
 
     try:
         _source_from_metadata(index).close()

@@ -26,13 +26,14 @@ count, and a re-ranked f32 search returns exactly what the plain search returns.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_matrix, check_k, resolve_threads
-from .shards import EmbeddingShards
+from .shards import EmbeddingShards, ShardError
 
 __all__ = ["rerank", "open_source", "RowSource", "default_rerank", "DEFAULT_RERANK_FACTOR"]
 
@@ -198,3 +199,57 @@ def rerank(queries, candidates, k: int, source, *, num_threads: int | None = Non
             raise ValueError(f"the queries have {q.shape[1]} dimensions but the source has {src.dim}")
         cand = _as_candidates(candidates, q.shape[0])
         return _core.rerank(q, cand, k, src.spec, resolve_threads(num_threads))
+
+
+_RERANK_CHUNK_SLOTS = 1 << 22  # shortlist slots searched and re-ranked at a time (memory bound)
+
+
+def _source_from_metadata(index):
+    """The img_emb folder ``build_index`` recorded in ``index.metadata["source"]``, checked against
+    the index (ValueError when absent or when the folder no longer matches)."""
+    meta = index.metadata.get("source")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("img_emb"), str):
+        raise ValueError("source='auto' needs to know where the index's vectors came from, but this index records "
+                         "no source (index.metadata['source'], written by build_index): pass source= explicitly "
+                         "(the img_emb folder of .npy shards, an array or memory map, or a callable ids -> rows)")
+    folder = meta["img_emb"]
+    try:
+        shards = EmbeddingShards(folder, label="source")
+    except (FileNotFoundError, ShardError) as e:
+        raise ValueError(f"source='auto': the index was built from {folder}, which cannot be read now ({e}); "
+                         "pass source= explicitly") from None
+    want = (meta.get("ntotal"), meta.get("dim"))
+    if (shards.ntotal, shards.dim) != want or shards.dim != index.dim:
+        shards.close()
+        raise ValueError(f"source='auto': {folder} now holds {shards.ntotal} x {shards.dim} vectors, but the index was "
+                         f"built from {want[0]} x {want[1]}; the shards changed: pass source= explicitly")
+    return shards
+
+
+def search_reranked(search, q: np.ndarray, k: int, rerank, source, index, num_threads: int):
+    """Top-k of ``q`` re-ranked exactly: ``search(q_chunk, n)`` gives the shortlist of
+    ``n = max(k, rerank)`` candidates from the codes, :func:`rerank` re-scores it against
+    ``source`` ("auto": the folder ``index.metadata["source"]`` names). Queries go in chunks so
+    that memory stays bounded whatever their number."""
+    rerank = check_k(rerank, "rerank")
+    if source is None:
+        raise ValueError("rerank needs source=: the original vectors (an array or memory map indexed by id, "
+                         "a folder of .npy shards, a callable ids -> rows, or 'auto')")
+    owned = None
+    if isinstance(source, str) and source == "auto":
+        source = owned = _source_from_metadata(index)
+    short = max(k, rerank)
+    parts = []
+    try:
+        with open_source(source, index.dim) as src:
+            step = max(1, _RERANK_CHUNK_SLOTS // short)
+            for q0 in range(0, max(q.shape[0], 1), step):
+                qc = q[q0:q0 + step]
+                _, cand = search(qc, short)
+                parts.append(_core.rerank(qc, cand, k, src.spec, num_threads))
+    finally:
+        if owned is not None:
+            owned.close()
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

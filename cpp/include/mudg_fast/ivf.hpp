@@ -81,14 +81,16 @@ public:
     idx_t nlist() const noexcept { return nlist_; }
     Codec codec() const noexcept { return codec_; }
     idx_t ntotal() const noexcept { return ntotal_; }
-    bool has_centroids() const noexcept { return !centroids_.empty(); }
+    bool has_centroids() const noexcept { return centroids_ && !centroids_->empty(); }
     bool codec_trained() const noexcept { return codec_ == Codec::f32 || codec_ == Codec::f16 || !sq_a_.empty(); }
     bool is_trained() const noexcept { return has_centroids() && codec_trained(); }
 
     /// centroids [nlist x dim]; allowed only while the index is empty. Resets the coarse
     /// quantizer to flat (a two-level one belongs to the centroids it was trained on).
     void set_centroids(MatrixView<const float> centroids);
-    const std::vector<float>& centroids() const noexcept { return centroids_; }
+    /// The centroids [nlist x dim] (empty before training). Parts of one index loaded with
+    /// load(..., trained_like) share one copy.
+    const std::vector<float>& centroids() const noexcept;
 
     /// The coarse quantizer decides which list add() puts a vector in and which lists probe() /
     /// search() visit. Flat (the default): every centroid is scored, the exact nearest lists.
@@ -153,6 +155,16 @@ public:
     void search_probed(MatrixView<const float> q, int k, MatrixView<const idx_t> probes, MatrixView<float> out_scores,
                        MatrixView<idx_t> out_ids, int n_threads = 0, SearchMode mode = SearchMode::automatic) const;
 
+    /// search_probed() over the parts of one index: indexes trained together (equal
+    /// fingerprints; the caller checks them, this checks dim, nlist, codec and its parameters)
+    /// that hold disjoint ids. The result is identical, scores and ids, to search_probed() on one
+    /// index holding every part's vectors. List-major batches scan list l of every part with
+    /// the same packed queries and heaps, so the parts cost one scan of the union.
+    static void search_probed_parts(const std::vector<const IvfIndex*>& parts, MatrixView<const float> q, int k,
+                                    MatrixView<const idx_t> probes, MatrixView<float> out_scores,
+                                    MatrixView<idx_t> out_ids, int n_threads = 0,
+                                    SearchMode mode = SearchMode::automatic);
+
     /// Decoded vectors for ids (out [n x dim]); throws Error for an id not in the index.
     void reconstruct(const idx_t* ids, idx_t n, float* out) const;
     std::vector<idx_t> list_sizes() const;
@@ -168,7 +180,23 @@ public:
     void save(const std::string& path) const;
     /// Reads a file written by save(). mmap: list data stays in the mapped file until a list is
     /// modified. verify: check every checksum (header and directory are always checked).
-    static std::unique_ptr<IvfIndex> load(const std::string& path, bool mmap, bool verify);
+    /// trained_like: another part of the same index; the file's centroids must equal its
+    /// centroids (else Error), and the two indexes then share them in memory.
+    static std::unique_ptr<IvfIndex> load(const std::string& path, bool mmap, bool verify,
+                                          const IvfIndex* trained_like = nullptr);
+
+    /// Writes one index file at `path` holding every vector of the index files `parts` (parts
+    /// of one index: equal fingerprints), in the given order, with `metadata` as its user
+    /// metadata and part 0's other extension records. The file equals, byte for byte, the
+    /// save() of one index that added the parts' vectors in that order (a list's vectors are
+    /// re-packed into its 16-vector blocks when a part's share does not end on a block). It is
+    /// written list by list: memory stays bounded by the largest merged list plus buffers, not
+    /// by the index. Each part's list data is checked against its checksum as it is read; a
+    /// damaged part is named in the Error. Not atomic by itself (the Python layer renames).
+    /// batch_bytes: merged lists assembled per step (at least one list).
+    static void merge_files(const std::vector<std::string>& parts, const std::string& path,
+                            const std::string& metadata, int n_threads = 0,
+                            std::uint64_t batch_bytes = std::uint64_t{64} << 20);
 
     /// Bytes of list storage (codes + ids).
     std::size_t memory_bytes() const;
@@ -219,7 +247,7 @@ private:
     idx_t dim_, nlist_;
     Codec codec_;
     idx_t ntotal_ = 0;
-    std::vector<float> centroids_;
+    std::shared_ptr<const std::vector<float>> centroids_;  // shared by the parts of one index
     std::vector<float> sq_a_, sq_b_;   // codec parameters (SQ4 residual form: sq_b_ = list scales)
     std::vector<float> sq4_mid_;       // SQ4 decision thresholds [d][15], derived from levels
     std::vector<List> lists_;

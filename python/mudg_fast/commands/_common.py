@@ -110,13 +110,14 @@ def make_encoder(args):
 
 
 def load_index(path: str):
-    from ..index import IVFIndex
+    """An index file, or a folder of index parts (a build in parts)."""
+    from ..parts import open_index
 
     if not Path(path).exists():
-        raise CliError(f"index file not found: {path}")
+        raise CliError(f"index file not found: {path} (give an index file or a folder of index parts)")
     try:
-        return IVFIndex.load(path)
-    except ValueError as e:
+        return open_index(path)
+    except (ValueError, OSError) as e:
         raise CliError(str(e)) from None
 
 

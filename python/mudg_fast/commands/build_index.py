@@ -2,6 +2,8 @@
 
 Flags follow autofaiss where the meaning matches (``--embeddings``, ``--index_path``,
 ``--max_index_memory_usage``-like ``--memory_budget``); see :func:`mudg_fast.build.build_index`.
+When the index does not fit in the budget it is built in parts (a folder of part files, or one
+file with ``--merge``), optionally on a Ray cluster (``--engine ray``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="out",
         required=True,
         metavar="FILE",
-        help="index file to write (atomically)",
+        help="index file to write (atomically); for a build in parts without --merge, the folder "
+        "of part files",
     )
     p.add_argument("--nlist", type=int, required=True, help="number of inverted lists (cells)")
     p.add_argument(
@@ -101,18 +104,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--work_dir", metavar="DIR", help="manifest and checkpoints (default: <index_path>.build)"
     )
     p.add_argument(
+        "--merge",
+        action="store_true",
+        help="a build in parts writes one merged index file instead of a folder of parts",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where parts are built: this process (local, default) or one Ray task per part (ray; "
+        'needs pip install "mudg_fast[ray]")',
+    )
+    p.add_argument(
+        "--ray_address",
+        metavar="ADDR",
+        help="Ray cluster to join, e.g. auto or ray://host:10001 (default: a new local cluster)",
+    )
+    p.add_argument(
+        "--part_size",
+        type=int,
+        metavar="N",
+        help="vectors per part: build in parts of this size (default: in parts only when the index "
+        "does not fit in --memory_budget, as large as it allows)",
+    )
+    p.add_argument(
         "--no_progress", dest="progress", action="store_false", help="no estimates or progress bar"
     )
 
 
+def _show_log(enabled: bool):
+    """Shows the build's log messages (plan, ETA, resume) on stderr like its other messages."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("mudg_fast")
+    if not enabled:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("build-index: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
 def run(args) -> int:
+    import logging
+
     from ..build import BuildError, build_index
     from ..cli import CliError
+    from ..engines import EngineError
     from ..shards import ShardError
 
     images = Path(args.images_dir)
     if images.is_dir() and not any(images.glob("*.npy")) and (images / "img_emb").is_dir():
         images = images / "img_emb"  # a clip-retrieval output folder
+    handler = _show_log(args.progress)
     try:
         build_index(
             images,
@@ -134,7 +181,14 @@ def run(args) -> int:
             kmeans_method=args.kmeans_method,
             quantizer=args.quantizer,
             quantizer_probe=args.quantizer_probe,
+            merge=args.merge,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            part_size=args.part_size,
         )
-    except (BuildError, ShardError, FileNotFoundError) as e:
+    except (BuildError, ShardError, FileNotFoundError, ImportError, EngineError) as e:
         raise CliError(str(e)) from e
+    finally:
+        if handler is not None:
+            logging.getLogger("mudg_fast").removeHandler(handler)
     return 0

@@ -19,10 +19,11 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--index", required=True, metavar="FILE", help="index to evaluate (e.g. standard k-means)"
+        "--index", required=True, metavar="PATH",
+        help="index to evaluate (e.g. standard k-means): a file or a folder of index parts"
     )
     p.add_argument(
-        "--paired_index", metavar="FILE", help="a second index (e.g. paired k-means) to compare"
+        "--paired_index", metavar="PATH", help="a second index (e.g. paired k-means) to compare"
     )
     p.add_argument(
         "--labels",
@@ -104,7 +105,8 @@ def run(args) -> int:
     import numpy as np
 
     from ..cli import CliError
-    from ..index import IVFIndex, atomic_write
+    from ..index import atomic_write
+    from ..parts import open_index
     from ..recall import evaluate_recall, exact_ground_truth, modality_gap, plot_recall
     from ..shards import EmbeddingShards, ShardError, sample_ids
 
@@ -136,7 +138,7 @@ def run(args) -> int:
     indexes = {}
     for label, path in zip(labels, paths):
         try:
-            indexes[label] = IVFIndex.load(path, num_threads=args.num_threads)
+            indexes[label] = open_index(path, num_threads=args.num_threads)
         except (OSError, ValueError) as e:
             raise CliError(f"cannot load index {path!r}: {e}") from e
     dims = {ix.dim for ix in indexes.values()}

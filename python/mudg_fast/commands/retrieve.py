@@ -12,7 +12,7 @@ from ._common import add_model_args, load_index, log, make_encoder, read_classna
 
 
 def add_retrieval_args(p):
-    p.add_argument("--index", "--index_path", dest="index", required=True, help="IVF index file (mudg-fast build-index)")
+    p.add_argument("--index", "--index_path", dest="index", required=True, help="IVF index file, or folder of index parts (mudg-fast build-index)")
     p.add_argument("--classnames", required=True, help="class names: a file (one per line, or JSON) or 'a,b,c'")
     p.add_argument("--template", default="default", help="prompt template name or string (default: %(default)s)")
     p.add_argument("--descriptors", default=None,
