@@ -1,7 +1,8 @@
 """Streaming, resumable IVF index builds from embedding shards (clip-retrieval / LAION layout).
 
 :func:`build_index` trains an :class:`~mudg_fast.IVFIndex` on a seeded random sample of the
-shards (paired k-means when caption shards are given, standard k-means otherwise; SPEC §1), then
+shards (paired k-means when caption shards are given, standard k-means otherwise; see
+docs/method.rst §1, paired k-means), then
 adds every image shard batch by batch through read-only memory maps, converting at most one batch
 to float32 at a time. Peak memory is the final index plus one batch (plus a small constant); the
 batch size is derived from ``memory_budget``.

@@ -359,7 +359,7 @@ class IVFIndex:
     def train_paired(self, images, captions, pairing: str = "nearest", *, max_iter: int = 20, seed: int = 0,
                      max_points_per_centroid: int = 256, verbose: bool = False, method: str = "auto",
                      n_coarse: int | None = None) -> IVFIndex:
-        """Paired k-means centroids in caption space (SPEC §1), so that text queries probe the
+        """Paired k-means centroids in caption space (docs/method.rst §1), so that text queries probe the
         cells that hold their nearest images; then the coarse quantizer; the codec is trained on
         the images. ``method`` / ``n_coarse`` as for :meth:`train` (two-level k-means is paired at
         both levels)."""

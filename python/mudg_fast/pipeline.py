@@ -1,4 +1,4 @@
-"""From label names to a pseudo-labelled training set (SPEC §2-§4) and its manifest.
+"""From label names to a pseudo-labelled training set (docs/method.rst §2-§5) and its manifest.
 
 ``build_training_set(index, encoder, classnames, ...)`` runs: class prototypes -> adaptive
 descriptor selection -> one list-major batch search of every augmented prompt -> rank-vote
@@ -100,7 +100,7 @@ def _check_text_list(values, what: str) -> list:
 
 @dataclass
 class Candidates:
-    """Pseudo-labelled retrievals before filtering and selection (SPEC §3)."""
+    """Pseudo-labelled retrievals before filtering and selection (docs/method.rst §3)."""
 
     ids: np.ndarray          # int64, unique, ascending
     labels: np.ndarray       # int64 class index
@@ -276,7 +276,7 @@ def _check_candidates(c) -> None:
 def select_training_set(cands: Candidates, embeddings, *, threshold: float = 0.25, k_per_class: int = 48,
                         strategy: str = "random", seed: int = 0, num_threads: int | None = None) -> TrainingSet:
     """Similarity filter against the unaugmented prototypes, then per-class k-means selection
-    (SPEC §4). ``embeddings``: an IVFIndex (reconstructed codes), an array / memory map indexed by
+    (docs/method.rst §4-§5). ``embeddings``: an IVFIndex (reconstructed codes), an array / memory map indexed by
     id, or a callable ``ids -> (n, d)`` (e.g. reading the source shards)."""
     _check_candidates(cands)
     threshold = check_threshold(threshold)

@@ -1,7 +1,7 @@
 """Index quality: recall@k against exact search per nprobe (with speed), a recall plot, and the
-modality-gap report of paired image/caption embeddings (SPEC §1).
+modality-gap report of paired image/caption embeddings (docs/method.rst §1, paired k-means).
 
-``recall@k`` is the intersection measure used in the SPEC and in faiss's benchmarks: for every
+``recall@k`` is the intersection measure used by the authors and in faiss's benchmarks: for every
 query, the fraction of its exact top-k neighbours found among the index's top k, averaged over
 queries (``|found ∩ exact| / |exact|``; queries whose exact list is empty are skipped).
 """

@@ -1,4 +1,5 @@
-"""mudg-fast retrieve: retrieve and pseudo-label images for class names (SPEC §3)."""
+"""mudg-fast retrieve: retrieve and pseudo-label images for class names (docs/method.rst §3,
+retrieval and rank voting)."""
 
 from __future__ import annotations
 
