@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -9,9 +10,12 @@ from typing import Optional
 
 from .build_plan import _format_seconds
 
+log = logging.getLogger("mudg_fast.build")
+
 
 class _Progress:
-    """tqdm bar when available, else a line every 10 s; or a user callable(done, total)."""
+    """tqdm bar when available, else a line every 10 s logged to ``mudg_fast.build`` (INFO); or a
+    user callable(done, total)."""
 
     def __init__(self, total: int, initial: int, mode, desc: str = "adding"):
         self.total, self.n = total, initial
@@ -63,11 +67,10 @@ class _Progress:
         rate = (done - self.n0) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else math.inf
         parts = f", parts {self.parts[0]}/{self.parts[1]}" if self.parts else ""
-        print(
-            f"  {done:,}/{self.total:,} vectors ({100 * done / max(self.total, 1):.1f}%){parts}, "
-            f"{rate:,.0f}/s, ETA {_format_seconds(eta) if math.isfinite(eta) else '?'}",
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            "  %s/%s vectors (%.1f%%)%s, %s/s, ETA %s", f"{done:,}", f"{self.total:,}",
+            100 * done / max(self.total, 1), parts, f"{rate:,.0f}",
+            _format_seconds(eta) if math.isfinite(eta) else "?",
         )
         self.last_print = now
 
