@@ -272,6 +272,7 @@ def build_index(
             raise BuildError(
                 f"out {str(out)!r} is a folder; give the path of the index file to write"
             )
+        assert plan is not None  # planned above for every build that is not in parts
         params = _build_params(
             nlist, codec, plan.train_size, seed, max_iter, captions is not None, coarse
         )

@@ -6,7 +6,7 @@ import logging
 import math
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from .build_plan import _format_seconds
 
@@ -23,7 +23,7 @@ class _Progress:
         self.bar = None
         self.printer = False
         self.t0, self.n0, self.last_print = time.monotonic(), initial, 0.0
-        self.parts = None
+        self.parts: Optional[tuple[int, int]] = None
         if mode is True:
             try:
                 from tqdm.auto import tqdm
@@ -79,7 +79,8 @@ class _Progress:
             self.bar.close()
 
 
-_TRIM = None
+# malloc_trim once looked up: None not yet, False unavailable, else the C function.
+_TRIM: Any = None
 
 
 def _release_free_memory() -> None:
