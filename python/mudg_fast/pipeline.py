@@ -84,6 +84,7 @@ class TrainingSet:
         return len(self.ids)
 
     def counts(self) -> dict[str, int]:
+        """Selected images per class name, in class order."""
         c = np.bincount(self.labels, minlength=len(self.classnames))
         return {name: int(n) for name, n in zip(self.classnames, c)}
 
