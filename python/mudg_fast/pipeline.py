@@ -341,7 +341,8 @@ def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = 
         automatic for sq4 indexes whose source is known).
     embeddings : where the selection reads image embeddings: an array / memory map indexed by
         id, a callable ``ids -> (n, d)``, or None to reconstruct them from the index.
-    log : see :func:`retrieve_candidates`.
+    log : an optional callable(str) that also receives the progress messages (see
+        :func:`retrieve_candidates`).
     """
     cands = retrieve_candidates(index, encoder, classnames, template=template, descriptors=descriptors, pool=pool,
                                 m=m, n_groups=n_groups, k=k, nprobe=nprobe, rerank=rerank, rerank_source=rerank_source,
