@@ -213,108 +213,92 @@ void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, Ma
         return;
     }
 
-    // 2. List-major: invert (query, list) pairs into per-list query sets (ascending query ids),
-    //    in two phases: first each query's nearest list (its best candidates, which raise its
-    //    threshold early), then its other probes, scanned against that higher threshold.
-    struct Phase {
-        std::vector<idx_t> start, members;
-    };
-    Phase phases[2];
-    for (int ph = 0; ph < 2; ++ph) {
-        Phase& P = phases[ph];
-        P.start.assign(nlist + 1, 0);
-        auto in_phase = [&](idx_t i) { return probes[i] >= 0 && ((i % nprobe == 0) == (ph == 0)); };
+    // 2. List-major: invert (query, list) pairs into per-list query sets (ascending query ids).
+    std::vector<idx_t> start(nlist + 1, 0), members(static_cast<std::size_t>(nq * nprobe));
+    for (idx_t i = 0; i < nq * nprobe; ++i)
+        if (probes[i] >= 0) ++start[probes[i] + 1];
+    for (idx_t l = 0; l < nlist; ++l) start[l + 1] += start[l];
+    {
+        std::vector<idx_t> fill(start.begin(), start.end() - 1);
         for (idx_t i = 0; i < nq * nprobe; ++i)
-            if (in_phase(i)) ++P.start[probes[i] + 1];
-        for (idx_t l = 0; l < nlist; ++l) P.start[l + 1] += P.start[l];
-        P.members.resize(static_cast<std::size_t>(P.start[nlist]));
-        std::vector<idx_t> fill(P.start.begin(), P.start.end() - 1);
-        for (idx_t i = 0; i < nq * nprobe; ++i)
-            if (in_phase(i)) P.members[fill[probes[i]]++] = i / nprobe;
+            if (probes[i] >= 0) members[fill[probes[i]]++] = i / nprobe;
     }
-    // Work items per phase: (list, row group), largest first for load balance; an item scans
-    // list l of every part with the same packed queries. The result does not depend on the
-    // order: every reduction uses the total order (score, then lower id).
+    // Work items: (list, row group), largest first for load balance; an item scans list l of
+    // every part with the same packed queries. The result does not depend on the order: every
+    // reduction uses the total order (score, then lower id).
     struct Item { idx_t list, r0, r1; double cost; };
-    std::vector<Item> items[2];
-    for (int ph = 0; ph < 2; ++ph) {
-        for (idx_t l = 0; l < nlist; ++l) {
-            const idx_t m = phases[ph].start[l + 1] - phases[ph].start[l];
-            if (!m) continue;
-            const idx_t size = list_total(l);
-            if (!size) continue;
-            for (idx_t r0 = 0; r0 < m; r0 += kRowGroup) {
-                const idx_t r1 = std::min(m, r0 + kRowGroup);
-                items[ph].push_back({l, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(size)});
-            }
+    std::vector<Item> items;
+    for (idx_t l = 0; l < nlist; ++l) {
+        const idx_t m = start[l + 1] - start[l];
+        if (!m) continue;
+        const idx_t size = list_total(l);
+        if (!size) continue;
+        for (idx_t r0 = 0; r0 < m; r0 += kRowGroup) {
+            const idx_t r1 = std::min(m, r0 + kRowGroup);
+            items.push_back({l, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(size)});
         }
-        std::stable_sort(items[ph].begin(), items[ph].end(),
-                         [](const Item& a, const Item& b) { return a.cost > b.cost; });
     }
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 
-    const int nt = effective_threads(static_cast<idx_t>(std::max(items[0].size(), items[1].size())), 1, n_threads);
+    const int nt = effective_threads(static_cast<idx_t>(items.size()), 1, n_threads);
     std::vector<TopkHeaps> heaps(nt);
     std::vector<char> used(nt, 0);
     std::vector<Scratch> panel(nt);
     std::vector<std::vector<float>> thr(nt);
     std::vector<CentroidTerm> cterm(nt);
-    // Each query's highest threshold over all threads. A thread's threshold t for a query means
-    // that thread holds at least k candidates scoring >= t, so the query's final k-th best
+    // Each query's highest threshold over the threads. A thread's threshold t for a query means
+    // that the thread holds at least k candidates scoring >= t, so the query's final k-th best
     // scores >= t and a candidate scoring < t can never enter its top-k: every thread may drop
     // it. (Candidates scoring exactly t still reach the sink, which decides ties by id against
     // its own heap.) Read and written racily through relaxed atomics: a stale value prunes
     // less, never wrongly, so the result does not depend on the timing.
     std::unique_ptr<std::atomic<float>[]> shared(new std::atomic<float>[static_cast<std::size_t>(nq)]);
     for (idx_t i = 0; i < nq; ++i) shared[i].store(kNegInf, std::memory_order_relaxed);
-    for (int ph = 0; ph < 2; ++ph) {
-        const Phase& P = phases[ph];
-        const std::vector<Item>& its = items[ph];
-        parallel_for(static_cast<idx_t>(its.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
-            TopkHeaps& h = heaps[tid];
-            if (!used[tid]) {
-                h.reset(nq, kk);
-                thr[tid].resize(kRowGroup);
-                used[tid] = 1;
-            }
-            for (idx_t w = b; w < e; ++w) {
-                const Item& it = its[w];
-                const idx_t rows = it.r1 - it.r0;
-                const idx_t* qids = P.members.data() + P.start[it.list] + it.r0;
-                float* a = panel[tid].get(packed_rows_size(kRowGroup, d, mr));
-                pack_rows(q.data, q.stride, qids, rows, d, mr, scale, a);
-                float* t_thr = thr[tid].data();
-                for (idx_t r = 0; r < rows; ++r)
-                    t_thr[r] = std::max(h.threshold(qids[r]), shared[qids[r]].load(std::memory_order_relaxed));
-                // <q, c_l> of the group's rows: one call, shared by every part's list l.
-                const float* cq = residual ? cterm[tid].compute(K, a, rows, ix.centroids().data(), &it.list, 1, d)
-                                           : nullptr;
-                for (const IvfIndex* part : parts) {
-                    const List& list = part->lists_[it.list];
-                    if (!list.size) continue;
-                    TileArgs t = base;
-                    t.a = a;
-                    t.n_rows = rows;
-                    t.b = list.code_ptr();
-                    t.n_cols = list.size;
-                    if (residual) {
-                        t.row_bias = cq;
-                        t.row_scale = ix.sq_b_[it.list];
-                    }
-                    HeapSink ctx;
-                    ctx.heaps = &h;
-                    ctx.call_thresholds = t_thr;  // the sink only raises them
-                    ctx.row_map = qids;
-                    ctx.col_ids = list.id_ptr();
-                    K.topk(t, t_thr, HeapSink::sink, &ctx);
+    parallel_for(static_cast<idx_t>(items.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
+        TopkHeaps& h = heaps[tid];
+        if (!used[tid]) {
+            h.reset(nq, kk);
+            thr[tid].resize(kRowGroup);
+            used[tid] = 1;
+        }
+        for (idx_t w = b; w < e; ++w) {
+            const Item& it = items[w];
+            const idx_t rows = it.r1 - it.r0;
+            const idx_t* qids = members.data() + start[it.list] + it.r0;
+            float* a = panel[tid].get(packed_rows_size(kRowGroup, d, mr));
+            pack_rows(q.data, q.stride, qids, rows, d, mr, scale, a);
+            float* t_thr = thr[tid].data();
+            for (idx_t r = 0; r < rows; ++r)
+                t_thr[r] = std::max(h.threshold(qids[r]), shared[qids[r]].load(std::memory_order_relaxed));
+            // <q, c_l> of the group's rows: one call, shared by every part's list l.
+            const float* cq = residual ? cterm[tid].compute(K, a, rows, ix.centroids().data(), &it.list, 1, d)
+                                       : nullptr;
+            for (const IvfIndex* part : parts) {
+                const List& list = part->lists_[it.list];
+                if (!list.size) continue;
+                TileArgs t = base;
+                t.a = a;
+                t.n_rows = rows;
+                t.b = list.code_ptr();
+                t.n_cols = list.size;
+                if (residual) {
+                    t.row_bias = cq;
+                    t.row_scale = ix.sq_b_[it.list];
                 }
-                for (idx_t r = 0; r < rows; ++r) {
-                    const float th = h.threshold(qids[r]);
-                    if (th > shared[qids[r]].load(std::memory_order_relaxed))
-                        shared[qids[r]].store(th, std::memory_order_relaxed);
-                }
+                HeapSink ctx;
+                ctx.heaps = &h;
+                ctx.call_thresholds = t_thr;  // the sink only raises them
+                ctx.row_map = qids;
+                ctx.col_ids = list.id_ptr();
+                K.topk(t, t_thr, HeapSink::sink, &ctx);
             }
-        });
-    }
+            for (idx_t r = 0; r < rows; ++r) {
+                const float th = h.threshold(qids[r]);
+                if (th > shared[qids[r]].load(std::memory_order_relaxed))
+                    shared[qids[r]].store(th, std::memory_order_relaxed);
+            }
+        }
+    });
     // 3. Merge the per-thread heaps (thread order; the result is order-independent anyway).
     int first = -1;
     for (int t = 0; t < nt; ++t)

@@ -33,6 +33,7 @@ void TopkHeaps::reset(idx_t n_rows, int k) {
     n_rows_ = n_rows;
     k_ = k;
     cap_ = capacity_for(k);
+    MUDG_ASSERT(cap_ > k);
     // Only entries [0, size) of a row are ever read: no need to fill the buffers.
     scores_.resize(static_cast<size_t>(n_rows * cap_));
     ids_.resize(static_cast<size_t>(n_rows * cap_));
@@ -55,7 +56,7 @@ void TopkHeaps::compact(idx_t row) noexcept {
         float sample[kSample];
         for (int i = 0; i < kSample; ++i) sample[i] = hs[static_cast<idx_t>(i) * n / kSample];
         const int target = k + (n - k) / 4;  // keep about k and a quarter of the slack
-        const int j = std::min(kSample - 1, target * kSample / n);
+        const int j = static_cast<int>(std::min<idx_t>(kSample - 1, static_cast<idx_t>(target) * kSample / n));
         std::nth_element(sample, sample + j, sample + kSample, std::greater<float>());
         const float p = sample[j];
         int count = 0;
