@@ -52,8 +52,13 @@ def task_build(p):
     sample = np.load(p["sample"])
     d, nlist = cent.shape[1], cent.shape[0]
     t0 = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(d)
-    quantizer.add(cent)
+    if p.get("hnsw_ef"):  # faiss's advice for large nlist: an HNSW32 graph over the centroids
+        quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        quantizer.add(cent)
+        quantizer.hnsw.efSearch = int(p["hnsw_ef"])
+    else:
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(cent)
     index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_4bit,
                                           faiss.METRIC_INNER_PRODUCT, False)
     index.own_fields = True

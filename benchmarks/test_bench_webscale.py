@@ -53,6 +53,9 @@ INDEX_BYTES = N * (D // 2 + 8)  # sq4 codes + ids
 BUDGET = int(os.environ.get("MUDG_BENCH_WEB_BUDGET", max(400 << 20, INDEX_BYTES // 4)))
 # a smoke run's index fits in the budget: give it parts anyway
 PART_SIZE = 0 if INDEX_BYTES > 2 * BUDGET else -(-N // 4)
+# faiss at large nlist: an HNSW32 quantizer; efSearch 16 kept >= 99 % top-1 agreement with exact
+# assignment at nlist 13,056 (benchmarks/RESULTS.md, "Two-level coarse quantizer")
+FAISS_HNSW_EF = 16
 RAY_ROWS = min(N, 2_000_000)  # the Ray-vs-local comparison builds this many rows in 4 parts
 # LAION-2B-en (the authors' index) and autofaiss's published build, for the projection
 LAION_N, LAION_NLIST = 2_170_337_258, 131_072
@@ -220,7 +223,7 @@ def _faiss_route(img_dir: Path, trained: IVFIndex, ranges) -> dict:
         parts.append(rr)
     shards.close()
     params = {"centroids": str(out / "centroids.npy"), "sample": str(out / "sample.npy"), "parts": parts,
-              "out": str(out), "batch_rows": 65_536}
+              "out": str(out), "batch_rows": 65_536, "hnsw_ef": FAISS_HNSW_EF if NLIST >= 16_384 else 0}
     return _peer("build", params)
 
 
@@ -298,7 +301,18 @@ def _ray_vs_local(img_dir: Path, trained_path: Path) -> dict:
 # -- the projection --------------------------------------------------------------------------------
 
 
-def _projection(assign_rate_core: float, other_rate_core: float) -> list[dict]:
+def _scores_per_vector(nlist: int, two_level: bool) -> float:
+    """Centroids (and cell centres) scored to assign one vector: nlist with a flat quantizer,
+    cells + probe * nlist / cells with the default two-level one."""
+    if not two_level:
+        return float(nlist)
+    from mudg_fast.quantizer import quantizer_defaults
+
+    cells, probe = quantizer_defaults(nlist)
+    return cells + min(probe, cells) * nlist / cells
+
+
+def _projection(assign_rate_core: float, other_rate_core: float, two_level: bool) -> list[dict]:
     """Hours of a LAION-2B-en build (nlist 131072, sq4) on M machines of C cores: training on one
     machine, then the parts spread over every core. From this run's per-core rates: the
     assignment kernel (multiply-adds per second; its cost per vector grows with nlist) and the
@@ -307,15 +321,15 @@ def _projection(assign_rate_core: float, other_rate_core: float) -> list[dict]:
     centroid) at the same kernel rate."""
     from mudg_fast.build_plan import BuildPlan, _time_model, default_train_size
 
-    fma_core = assign_rate_core * NLIST * D  # multiply-adds per second and core
-    per_vec_core = LAION_NLIST * D / fma_core + 1 / other_rate_core  # core-seconds per vector
+    fma_core = assign_rate_core * _scores_per_vector(NLIST, two_level) * D  # multiply-adds per second and core
+    per_vec_core = _scores_per_vector(LAION_NLIST, two_level) * D / fma_core + 1 / other_rate_core
     plan = BuildPlan(ntotal=LAION_N, dim=D, nlist=LAION_NLIST, codec="sq4", n_shards=2314, paired=False,
                      train_size=default_train_size(LAION_N, LAION_NLIST), memory_budget=0, index_bytes=0,
                      resident_index_bytes=0, batch_rows=0, batch_bytes=0, train_bytes=0, file_bytes=0,
                      disk_peak_bytes=0)
     rows = []
     for cores in (16, 64):
-        t_train, _ = _time_model(plan, 20, (fma_core * cores, fma_core * cores))
+        t_train, _ = _time_model(plan, 20, (fma_core * cores, fma_core * cores), two_level=two_level)
         for machines in (1, 10, 32, 100):
             t_add = LAION_N * per_vec_core / (machines * cores)
             rows.append({"machines": machines, "cores": cores, "train_h": t_train / 3600, "add_h": t_add / 3600,
@@ -341,6 +355,11 @@ def test_webscale(data, recorder):
     sharded = ShardedIndex(parts_dir, verify=False, num_threads=THREADS)
     trained = IVFIndex(D, NLIST, codec="sq4", num_threads=THREADS)
     trained.set_centroids(sharded.centroids).set_codec_params(*sharded.parts[0].codec_params())
+    qinfo = sharded.parts[0].quantizer_info()
+    if qinfo["quantizer"] == "two_level":  # the build's kind of quantizer (its own seed: timing only)
+        trained.set_quantizer("two_level", cells=qinfo["cells"], probe=qinfo["probe"])
+    else:
+        trained.set_quantizer("flat")
     trained_path = DATA / "trained.ivf"
     trained.save(trained_path)
     assign_rate = _assign_rate(img_dir, trained)
@@ -409,10 +428,11 @@ def test_webscale(data, recorder):
     cores = THREADS
     assign_core = assign_rate / cores
     other_core = N / max(1e-9, (ours_parts - t_assign)) / cores
-    rows, per_vec_core, fma_core = _projection(assign_core, other_core)
+    two_level = qinfo["quantizer"] == "two_level"
+    rows, per_vec_core, fma_core = _projection(assign_core, other_core, two_level)
     for row in rows:
         recorder.row("webscale", name=f"projection: LAION-2B-en, nlist {LAION_NLIST}, {row['machines']} x "
-                     f"{row['cores']} cores", info={"training (one machine)": f"{row['train_h']:.1f} h",
+                     f"{row['cores']} cores", info={"training (one machine)": f"{row['train_h'] * 60:.0f} min",
                                                     "parts": f"{row['add_h']:.2f} h",
                                                     "total": f"{row['total_h']:.1f} h"})
     af = AUTOFAISS
@@ -420,17 +440,24 @@ def test_webscale(data, recorder):
     recorder.note("webscale", f"autofaiss (published): {af['vectors'] / 1e9:.2f} B x 768 "
                   f"(OPQ24_168,IVF131072_HNSW32,PQ24x8) in {af['hours']:.0f} h on {af['machines']} x {af['cores']} "
                   f"cores, training included; at the rates measured here mudg_fast's parts take {ours_af:.1f} h "
-                  "for the same vectors on the same machines (sq4, exact assignment to 131072 centroids, which "
-                  "dominates: autofaiss assigns through an HNSW graph), plus training")
+                  "for the same vectors on the same machines (sq4, "
+                  + ("two-level assignment, as this build used" if two_level else
+                     "exact assignment to 131072 centroids, which dominates: autofaiss assigns through an HNSW graph")
+                  + "), plus training")
     recorder.note("webscale", f"per-core rates measured here: assignment kernel {fma_core / 1e9:.1f} GFMA/s "
-                  f"({assign_core:,.0f} vectors/s at nlist {NLIST}), encoding + appending + writing "
+                  f"({assign_core:,.0f} vectors/s at nlist {NLIST}, quantizer {qinfo['quantizer']}"
+                  + (f" with {qinfo['cells']} cells, probe {qinfo['probe']}" if two_level else "")
+                  + "), encoding + appending + writing "
                   f"{other_core:,.0f} vectors/s")
     recorder.note("webscale", f"training used a modest sample ({TRAIN:,} vectors = {TRAIN // NLIST} per centroid, "
-                  f"{MAX_ITER} iterations) to keep the flat k-means affordable on two cores; the projection assumes "
+                  f"{MAX_ITER} iterations) to keep the k-means affordable on two cores; the projection assumes "
                   "build_index's defaults (64 per centroid, 20 iterations, k-means++ seeding)")
     recorder.note("webscale", "build plan (logged up front): " + " | ".join(ours["log"][1:4]))
-    recorder.note("webscale", "faiss's route uses our centroids (IndexFlatIP quantizer) and QT_4bit (uniform 4-bit; "
-                  "ours are 16 fitted levels per dimension), not by residual; both read the same fp16 shards")
+    recorder.note("webscale", "faiss's route uses our centroids ("
+                  + (f"IndexHNSWFlat M=32 quantizer, efSearch {FAISS_HNSW_EF}" if NLIST >= 16_384 else
+                     "IndexFlatIP quantizer")
+                  + ") and QT_4bit (uniform 4-bit; ours: 16 fitted levels per dimension on residuals scaled per "
+                  "list), not by residual; both read the same fp16 shards")
 
     shutil.rmtree(DATA / "faiss", ignore_errors=True)
     keep = os.environ.get("MUDG_BENCH_WEB_KEEP")

@@ -1,7 +1,7 @@
-"""Prompt templates, the descriptor pool and adaptive descriptor selection (SPEC section 2).
+"""Prompt templates, the descriptor pool and adaptive descriptor selection (docs/method.rst §2).
 
 select_descriptors is checked against a plain loop-based numpy reference written here from the
-SPEC text, on a fake bag-of-words encoder and on the synthetic text encoder, plus invariances
+docs/method.rst §2, on a fake bag-of-words encoder and on the synthetic text encoder, plus invariances
 and input validation.
 """
 
@@ -59,7 +59,7 @@ class TableEncoder:
 
 
 def reference_selection(encoder, classnames, template, pool, m, n_groups=16, seed=0):
-    """SPEC section 2, written as plainly as possible (loops, float64 inner products)."""
+    """docs/method.rst §2, written as plainly as possible (loops, float64 inner products)."""
     names = sorted(classnames)                       # documented canonical order
     plain = [template.replace("{}", c) for c in names]
     t = encoder.encode_text(plain).astype(np.float32)

@@ -382,7 +382,8 @@ def test_train_after_add_is_refused(corpus):
 
 
 def test_paired_training_recall_gain_on_coco(coco500):
-    """SPEC §1 through the index: 16 cells, nprobe 1, caption -> image recall@10."""
+    """Paired k-means (docs/method.rst §1) through the index: 16 cells, nprobe 1, caption -> image
+    recall@10."""
     images, captions = coco500
     _, gt = mudg_fast.knn(captions, images, 10)
     gains = []

@@ -1,5 +1,5 @@
 """The synthetic corpus: statistics against real COCO-500 CLIP embeddings, determinism, the
-paired k-means property (SPEC section 1) and its negative control, and the text encoder."""
+paired k-means property (docs/method.rst §1) and its negative control, and the text encoder."""
 
 import dataclasses
 
@@ -283,7 +283,7 @@ def test_params_object_and_overrides():
 
 
 # ---------------------------------------------------------------------------------------------
-# The paired k-means property (SPEC section 1)
+# The paired k-means property (docs/method.rst §1, paired k-means)
 # ---------------------------------------------------------------------------------------------
 def ivf_recall_at_10(images, queries, centroids, nprobes):
     """IVF recall@10 of caption->image search: images live in the cell of their highest-inner-
@@ -343,7 +343,7 @@ def test_paired_kmeans_beats_standard_on_synthetic(ivf_gain):
 
 
 def test_offset_only_model_shows_no_gain(ivf_gain):
-    """Negative control (SPEC section 1): with a constant modality offset and no image-only
+    """Negative control: with a constant modality offset and no image-only
     variance the gain mostly disappears. What is left at nprobe 1 (+0.02..0.07 over seeds 0-3,
     against +0.10..0.19 with the nuisance model) comes from spherical centroids meeting the gap:
     a centroid's norm, and so its modality component, differs between tight and loose cells."""

@@ -1,5 +1,7 @@
 // IvfIndex bindings: strict arrays in, numpy out, GIL released around native work.
 #include "common.hpp"
+
+#include <pybind11/typing.h>
 #include "mudg_fast/coarse_quantizer.hpp"
 #include "mudg_fast/ivf.hpp"
 
@@ -184,12 +186,19 @@ void bind_index(py::module_& m) {
              },
              py::arg("path"))
         .def_static("load",
-                    [](const std::string& path, bool mmap, bool verify, const IvfIndex* trained_like) {
+                    // Optional<IvfIndex> rather than a pointer defaulting to nullptr, so that the
+                    // signature (and the generated _core.pyi) reads "IvfIndex | None = None".
+                    [](const std::string& path, bool mmap, bool verify,
+                       const py::typing::Optional<IvfIndex>& trained_like) {
+                        if (!trained_like.is_none() && !py::isinstance<IvfIndex>(trained_like))
+                            throw py::type_error("trained_like must be an IvfIndex or None");
+                        const IvfIndex* like =
+                            trained_like.is_none() ? nullptr : trained_like.cast<const IvfIndex*>();
                         py::gil_scoped_release nogil;
-                        return IvfIndex::load(path, mmap, verify, trained_like);
+                        return IvfIndex::load(path, mmap, verify, like);
                     },
                     py::arg("path"), py::arg("mmap") = true, py::arg("verify") = true,
-                    py::arg("trained_like") = nullptr)
+                    py::arg("trained_like") = py::none())
         .def_static("search_probed_parts",
                     [](const std::vector<const IvfIndex*>& parts, const F32& q, int k, const I64& probes,
                        int n_threads, const std::string& mode) {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ try:
 except ImportError:
     HAVE_SKLEARN = False
 
-    class NotFittedError(ValueError, AttributeError):
+    class NotFittedError(ValueError, AttributeError):  # type: ignore[no-redef]  # the stand-in when scikit-learn is not installed
         """Raised by a method that needs a fitted estimator (scikit-learn's class, when it is
         installed, has the same two bases)."""
 
@@ -43,7 +44,7 @@ except ImportError:
         except (TypeError, ValueError):  # arrays compare elementwise
             return True
 
-    class BaseEstimator:
+    class BaseEstimator:  # type: ignore[no-redef]  # the stand-in when scikit-learn is not installed
         """Parameters are the constructor's keyword arguments, stored unchanged as attributes."""
 
         @classmethod
@@ -53,7 +54,7 @@ except ImportError:
                           if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
 
         def get_params(self, deep: bool = True) -> dict:
-            out = {}
+            out: dict[str, Any] = {}
             for name in self._get_param_names():
                 value = getattr(self, name)
                 if deep and hasattr(value, "get_params") and not isinstance(value, type):
@@ -84,10 +85,10 @@ except ImportError:
                        if name in self._get_param_names() and _differs(getattr(self, name), p.default)]
             return f"{type(self).__name__}({', '.join(changed)})"
 
-    class ClusterMixin:
+    class ClusterMixin:  # type: ignore[no-redef]  # the stand-in when scikit-learn is not installed
         pass
 
-    class TransformerMixin:
+    class TransformerMixin:  # type: ignore[no-redef]  # the stand-in when scikit-learn is not installed
         def fit_transform(self, X, y=None, **fit_params):
             return self.fit(X, y, **fit_params).transform(X)
 

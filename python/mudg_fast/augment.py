@@ -3,8 +3,8 @@
 A class name becomes a prompt through a template (``"a photo of a {}."``); a *descriptor*
 (``", which can be any color."``) augments the prompt by replacing the template's final period.
 :func:`select_descriptors` chooses, from text alone, the descriptors that push confusable classes
-apart (SPEC section 2, after Liao et al., "Multimodal Unsupervised Domain Generalization by
-Retrieving Across the Modality Gap", ICLR 2025):
+apart (docs/method.rst §2, label augmentation, after Liao et al., "Multimodal Unsupervised
+Domain Generalization by Retrieving Across the Modality Gap", ICLR 2025):
 
 1. encode the plain prompts -> prototypes ``t_c``; group them with spherical k-means++
    (``n_groups`` groups of confusable classes);

@@ -1,7 +1,8 @@
 """Streaming, resumable IVF index builds from embedding shards (clip-retrieval / LAION layout).
 
 :func:`build_index` trains an :class:`~mudg_fast.IVFIndex` on a seeded random sample of the
-shards (paired k-means when caption shards are given, standard k-means otherwise; SPEC §1), then
+shards (paired k-means when caption shards are given, standard k-means otherwise; see
+docs/method.rst §1, paired k-means), then
 adds every image shard batch by batch through read-only memory maps, converting at most one batch
 to float32 at a time. Peak memory is the final index plus one batch (plus a small constant); the
 batch size is derived from ``memory_budget``.
@@ -29,8 +30,8 @@ nine times the last checkpoint's duration, so that checkpoints take at most ~10%
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -67,6 +68,8 @@ from .kmeans import METHODS, TWO_LEVEL_MIN_CLUSTERS
 from .quantizer import quantizer_defaults, resolve_quantizer
 from .outofcore import plan_parts
 from .parts import ShardedIndex
+
+log = logging.getLogger("mudg_fast.build")
 from .shards import EmbeddingShards, ShardError, check_aligned, gather, sample_ids
 
 __all__ = [
@@ -141,9 +144,11 @@ def build_index(
         printed cost estimate.
     max_iter : k-means iterations.
     num_threads : threads for training and adding (None: all cores).
-    progress : True: estimates and a tqdm bar (a plain line every 10 s without tqdm) on stderr;
+    progress : True: a tqdm bar on stderr, and the plan, estimates and steps logged at INFO level
+        to the ``mudg_fast.build`` logger (without tqdm, a plain progress line logged every 10 s);
         False: silent; a callable(done, total) is called with the number of vectors added so far
-        (raise from it to stop the build; progress is kept for a resume).
+        (raise from it to stop the build; progress is kept for a resume). The messages are shown
+        only where logging is configured to show them (``mudg-fast build-index`` does).
     checkpoint_every : see the module docs (None adaptive, k every k shards, 0 never).
     work_dir : folder for the manifest and checkpoints (default ``<out>.build``).
     kmeans_method : "flat", "two_level" or "auto" (two-level from 4096 lists), see
@@ -207,7 +212,7 @@ def build_index(
 
     def say(msg: str) -> None:
         if verbose:
-            print(f"build-index: {msg}", file=sys.stderr, flush=True)
+            log.info("%s", msg)
 
     images = EmbeddingShards(images_dir, label="images")
     captions = EmbeddingShards(captions_dir, label="captions") if captions_dir is not None else None
@@ -267,6 +272,7 @@ def build_index(
             raise BuildError(
                 f"out {str(out)!r} is a folder; give the path of the index file to write"
             )
+        assert plan is not None  # planned above for every build that is not in parts
         params = _build_params(
             nlist, codec, plan.train_size, seed, max_iter, captions is not None, coarse
         )

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -116,6 +116,21 @@ def default_train_size(ntotal: int, nlist: int) -> int:
     """min(ntotal, max(65536, 64 * nlist)): 64 points per centroid (faiss warns under 39;
     k-means samples at most 256 per centroid)."""
     return int(min(ntotal, max(65_536, 64 * nlist)))
+
+
+class _PlanSizes(Protocol):
+    """What the time model reads of a plan (BuildPlan, or outofcore.PartsPlan for builds in parts)."""
+
+    @property
+    def ntotal(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def nlist(self) -> int: ...
+    @property
+    def paired(self) -> bool: ...
+    @property
+    def train_size(self) -> int: ...
 
 
 @dataclass
@@ -285,7 +300,7 @@ def _calibrate(dim: int, nlist: int, num_threads) -> tuple[float, float]:
     return rows * c * dim / max(best_a, 1e-9), nq * ndb * dim / max(best_k, 1e-9)
 
 
-def _time_model(plan: BuildPlan, max_iter: int, rates: tuple[float, float], *, two_level: bool = False,
+def _time_model(plan: _PlanSizes, max_iter: int, rates: tuple[float, float], *, two_level: bool = False,
                 scores_per_vector: Optional[float] = None) -> tuple[float, float]:
     """(training seconds, adding seconds) predicted from the measured rates. ``two_level``: two-level
     k-means (coarse k-means with sqrt(k) clusters on <= 1024 points each, labels, then sqrt(k)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from .build_plan import _format_seconds
 
+log = logging.getLogger("mudg_fast.build")
+
 
 class _Progress:
-    """tqdm bar when available, else a line every 10 s; or a user callable(done, total)."""
+    """tqdm bar when available, else a line every 10 s logged to ``mudg_fast.build`` (INFO); or a
+    user callable(done, total)."""
 
     def __init__(self, total: int, initial: int, mode, desc: str = "adding"):
         self.total, self.n = total, initial
@@ -19,7 +23,7 @@ class _Progress:
         self.bar = None
         self.printer = False
         self.t0, self.n0, self.last_print = time.monotonic(), initial, 0.0
-        self.parts = None
+        self.parts: Optional[tuple[int, int]] = None
         if mode is True:
             try:
                 from tqdm.auto import tqdm
@@ -63,11 +67,10 @@ class _Progress:
         rate = (done - self.n0) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else math.inf
         parts = f", parts {self.parts[0]}/{self.parts[1]}" if self.parts else ""
-        print(
-            f"  {done:,}/{self.total:,} vectors ({100 * done / max(self.total, 1):.1f}%){parts}, "
-            f"{rate:,.0f}/s, ETA {_format_seconds(eta) if math.isfinite(eta) else '?'}",
-            file=sys.stderr,
-            flush=True,
+        log.info(
+            "  %s/%s vectors (%.1f%%)%s, %s/s, ETA %s", f"{done:,}", f"{self.total:,}",
+            100 * done / max(self.total, 1), parts, f"{rate:,.0f}",
+            _format_seconds(eta) if math.isfinite(eta) else "?",
         )
         self.last_print = now
 
@@ -76,7 +79,8 @@ class _Progress:
             self.bar.close()
 
 
-_TRIM = None
+# malloc_trim once looked up: None not yet, False unavailable, else the C function.
+_TRIM: Any = None
 
 
 def _release_free_memory() -> None:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 from .build_plan import BuildError
 from .index import _temp_path, atomic_write
@@ -23,7 +23,7 @@ class _WorkDir:
         self.manifest = path / _MANIFEST
         self.trained = path / _TRAINED
         self.checkpoint = path / _CHECKPOINT
-        self._lock_file = None
+        self._lock_file: Optional[IO[str]] = None
 
     def lock(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

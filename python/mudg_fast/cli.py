@@ -3,13 +3,21 @@
 Each subcommand lives in its own module that defines ``add_arguments(parser)`` and ``run(args)``;
 modules are imported only when their subcommand runs, so ``mudg-fast --help`` stays instant and
 torch is imported only by the commands that need it.
+
+The library reports through the ``mudg_fast`` loggers (``mudg_fast.build``,
+``mudg_fast.pipeline``, ...) and shows nothing unless the application configures logging; the
+command line shows their INFO messages on stderr, prefixed like the command's own messages
+(:func:`show_log`), except with ``--no_progress``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
+from collections.abc import Iterator
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,8 +46,35 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# The prefix of the library's log messages on stderr, per command (default "[mudg-fast] ").
+LOG_PREFIX: dict[str, str] = {"build-index": "build-index: "}
+
+
 class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
+
+
+@contextlib.contextmanager
+def show_log(prefix: str = "[mudg-fast] ", enabled: bool = True) -> Iterator[logging.Handler | None]:
+    """Shows the INFO (and higher) messages of the ``mudg_fast`` loggers on stderr, each line
+    prefixed with ``prefix``, for the duration of the block; then removes the handler and restores
+    the logger's level. ``enabled=False`` shows nothing (and yields None)."""
+    if not enabled:
+        yield None
+        return
+    logger = logging.getLogger("mudg_fast")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    handler.setLevel(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.run(args) or 0)
+        with show_log(LOG_PREFIX.get(args.command, "[mudg-fast] "),
+                      enabled=getattr(args, "progress", True) is not False):
+            return int(module.run(args) or 0)
     except CliError as e:
         print(f"mudg-fast {args.command}: error: {e}", file=sys.stderr)
         return 2

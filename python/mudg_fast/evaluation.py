@@ -1,4 +1,4 @@
-"""Zero-shot and descriptor score-averaging accuracy of a CLIP model (SPEC §5).
+"""Zero-shot and descriptor score-averaging accuracy of a CLIP model (docs/method.rst §6).
 
 - **Zero-shot**: class ``c``'s prototype is the text feature of ``template.format(c)``; a test
   image gets the class with the highest cosine similarity.

@@ -14,7 +14,7 @@ from pathlib import Path
 try:
     import fcntl
 except ImportError:  # Windows: no flock; temporary files get unique names instead
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # checked before every use
 
 import numpy as np
 
@@ -293,10 +293,11 @@ class IVFIndex:
         if kind != "two_level":
             raise ValueError("quantizer_probe applies to a two-level quantizer; this index's is flat "
                              "(it scores every centroid)")
-        _, _, probe = resolve_quantizer(self.nlist, "two_level", cells, probe)
+        _, _, checked = resolve_quantizer(self.nlist, "two_level", cells, probe)
+        assert checked is not None  # resolve_quantizer fills the probe for two_level
         if self._ix.has_centroids:
-            self._ix.set_quantizer_probe(probe)
-        self._quantizer_spec = (kind, cells, probe)
+            self._ix.set_quantizer_probe(checked)
+        self._quantizer_spec = (kind, cells, checked)
 
     def set_quantizer(self, quantizer: str = "two_level", *, cells: int | None = None, probe: int | None = None,
                       seed: int = 0) -> IVFIndex:
@@ -329,6 +330,7 @@ class IVFIndex:
         if kind == "flat":
             self._ix.set_flat_quantizer()
         else:
+            assert cells is not None and probe is not None  # resolve_quantizer fills both for two_level
             self._ix.set_two_level_quantizer(cells, probe, seed & 0xFFFFFFFFFFFFFFFF,
                                              resolve_threads(self.num_threads))
 
@@ -359,7 +361,7 @@ class IVFIndex:
     def train_paired(self, images, captions, pairing: str = "nearest", *, max_iter: int = 20, seed: int = 0,
                      max_points_per_centroid: int = 256, verbose: bool = False, method: str = "auto",
                      n_coarse: int | None = None) -> IVFIndex:
-        """Paired k-means centroids in caption space (SPEC §1), so that text queries probe the
+        """Paired k-means centroids in caption space (docs/method.rst §1), so that text queries probe the
         cells that hold their nearest images; then the coarse quantizer; the codec is trained on
         the images. ``method`` / ``n_coarse`` as for :meth:`train` (two-level k-means is paired at
         both levels)."""

@@ -107,13 +107,13 @@ def _part_entry(ix: IVFIndex, where: str) -> Optional[dict]:
 
 def _id_range(ix: IVFIndex) -> tuple[int, int]:
     """[min id, max id + 1) of a part without part metadata ((0, 0) when empty)."""
-    lo, hi = None, None
+    found: Optional[tuple[int, int]] = None
     for l, n in enumerate(ix.list_sizes()):
         if n:
             ids = ix.list_ids(l)
             a, b = int(ids.min()), int(ids.max()) + 1
-            lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
-    return (0, 0) if lo is None else (lo, hi)
+            found = (a, b) if found is None else (min(found[0], a), max(found[1], b))
+    return (0, 0) if found is None else found
 
 
 def _load_part(path: Path, mmap: bool, verify: bool, first: Optional[IVFIndex]):
@@ -207,12 +207,13 @@ class ShardedIndex:
             if ix.fingerprint != fp:
                 raise PartError(f"{name(i)} was trained differently from {name(0)} (fingerprints "
                                 f"{ix.fingerprint} and {fp}): the parts of one index share one training")
-        entries = [_part_entry(ix, name(i)) for i, (_, ix) in enumerate(loaded)]
-        if any(e is not None for e in entries):
-            missing_meta = [name(i) for i, e in enumerate(entries) if e is None]
+        found = [_part_entry(ix, name(i)) for i, (_, ix) in enumerate(loaded)]
+        if any(e is not None for e in found):
+            missing_meta = [name(i) for i, e in enumerate(found) if e is None]
             if missing_meta:
                 raise PartError(f"{missing_meta[0]} has no {PART_KEY!r} metadata while other parts do: "
                                 "it is not a part of this build")
+            entries = [e for e in found if e is not None]
             for i, e in enumerate(entries):
                 if e.get("fingerprint", fp) != fp:
                     raise PartError(f"{name(i)} records training {e['fingerprint']}, but its own is {fp}: "
@@ -416,17 +417,18 @@ def merge_parts(parts, out, *, metadata: Optional[Mapping] = None, num_threads: 
     left as it was. ``batch_bytes``: lists assembled per step (at least one list); the merge holds
     about twice that plus two copies of the centroids. Returns the merged index, memory-mapped."""
     sharded = parts if isinstance(parts, ShardedIndex) else ShardedIndex(parts, mmap=True, verify=False)
-    if any(p is None for p in sharded.paths):
+    part_paths = [p for p in sharded.paths if p is not None]
+    if len(part_paths) != len(sharded.paths):
         raise TypeError("merge_parts merges part files: give a folder or a list of paths, not IVFIndex objects")
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"out {str(out)!r} is a folder; give the path of the index file to write")
-    resolved = {p.resolve() for p in sharded.paths}
+    resolved = {p.resolve() for p in part_paths}
     if out.resolve() in resolved:
         raise ValueError(f"out {out} is one of the parts; write the merged index elsewhere")
     meta = sharded.metadata if metadata is None else metadata
     raw = _metadata_bytes(meta)
-    paths = [os.fspath(p) for p in sharded.paths]
+    paths = [os.fspath(p) for p in part_paths]
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)):
         raise TypeError(f"num_threads must be an int or None, got {num_threads!r}")
     threads = resolve_threads(num_threads)

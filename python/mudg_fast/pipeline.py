@@ -1,4 +1,4 @@
-"""From label names to a pseudo-labelled training set (SPEC §2-§4) and its manifest.
+"""From label names to a pseudo-labelled training set (docs/method.rst §2-§5) and its manifest.
 
 ``build_training_set(index, encoder, classnames, ...)`` runs: class prototypes -> adaptive
 descriptor selection -> one list-major batch search of every augmented prompt -> rank-vote
@@ -10,6 +10,7 @@ text encoder of ``mudg_fast.synthetic``).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,22 @@ from .select import check_threshold, select_by_clustering, similarity_to_prototy
 
 __all__ = ["Candidates", "TrainingSet", "build_training_set", "check_classnames", "retrieve_candidates",
            "select_training_set", "write_manifest"]
+
+logger = logging.getLogger("mudg_fast.pipeline")
+
+
+def _reporter(log):
+    """The progress messages of a retrieval go to the ``mudg_fast.pipeline`` logger (INFO) and,
+    when ``log`` is a callable, to it as well."""
+    if log is not None and not callable(log):
+        raise TypeError(f"log must be None or a callable(str), got {type(log).__name__}")
+
+    def say(msg: str) -> None:
+        logger.info("%s", msg)
+        if log is not None:
+            log(msg)
+
+    return say
 
 
 def check_classnames(classnames) -> list[str]:
@@ -100,7 +117,7 @@ def _check_text_list(values, what: str) -> list:
 
 @dataclass
 class Candidates:
-    """Pseudo-labelled retrievals before filtering and selection (SPEC §3)."""
+    """Pseudo-labelled retrievals before filtering and selection (docs/method.rst §3)."""
 
     ids: np.ndarray          # int64, unique, ascending
     labels: np.ndarray       # int64 class index
@@ -167,10 +184,13 @@ def retrieve_candidates(index: IVFIndex, encoder, classnames, *, template: str =
     rerank_source : the original vectors: an img_emb folder of .npy shards, a .npy file, an array
         or memory map, or a callable ids -> rows; None: the folder ``build_index`` recorded in the
         index metadata (``source="auto"``).
+    log : an optional callable(str) that receives the progress messages (descriptors chosen,
+        re-ranking, queries retrieved); they are logged to ``mudg_fast.pipeline`` at INFO level
+        in any case.
     """
     from . import augment  # noqa: PLC0415
 
-    say = log or (lambda s: None)
+    say = _reporter(log)
     names = check_classnames(classnames)
     template = augment.get_template(template)
     missing = [a for a in ("ntotal", "dim", "search") if not hasattr(index, a)]
@@ -276,7 +296,7 @@ def _check_candidates(c) -> None:
 def select_training_set(cands: Candidates, embeddings, *, threshold: float = 0.25, k_per_class: int = 48,
                         strategy: str = "random", seed: int = 0, num_threads: int | None = None) -> TrainingSet:
     """Similarity filter against the unaugmented prototypes, then per-class k-means selection
-    (SPEC §4). ``embeddings``: an IVFIndex (reconstructed codes), an array / memory map indexed by
+    (docs/method.rst §4-§5). ``embeddings``: an IVFIndex (reconstructed codes), an array / memory map indexed by
     id, or a callable ``ids -> (n, d)`` (e.g. reading the source shards)."""
     _check_candidates(cands)
     threshold = check_threshold(threshold)
@@ -320,6 +340,7 @@ def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = 
         automatic for sq4 indexes whose source is known).
     embeddings : where the selection reads image embeddings: an array / memory map indexed by
         id, a callable ``ids -> (n, d)``, or None to reconstruct them from the index.
+    log : see :func:`retrieve_candidates`.
     """
     cands = retrieve_candidates(index, encoder, classnames, template=template, descriptors=descriptors, pool=pool,
                                 m=m, n_groups=n_groups, k=k, nprobe=nprobe, rerank=rerank, rerank_source=rerank_source,

@@ -47,6 +47,7 @@ def _check_optional_int(name: str, v, lo: int, hi: int | None = None):
         return None
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an integer or None, got {type(v).__name__}")
+    v = int(v)
     if v < lo or (hi is not None and v > hi):
         rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be {rng}, got {v}")

@@ -1,7 +1,7 @@
 """Index quality: recall@k against exact search per nprobe (with speed), a recall plot, and the
-modality-gap report of paired image/caption embeddings (SPEC §1).
+modality-gap report of paired image/caption embeddings (docs/method.rst §1, paired k-means).
 
-``recall@k`` is the intersection measure used in the SPEC and in faiss's benchmarks: for every
+``recall@k`` is the intersection measure used by the authors and in faiss's benchmarks: for every
 query, the fraction of its exact top-k neighbours found among the index's top k, averaged over
 queries (``|found ∩ exact| / |exact|``; queries whose exact list is empty are skipped).
 """
@@ -13,7 +13,7 @@ import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -74,10 +74,11 @@ class RecallResult:
             "qps": self.qps[j],
             "seconds": self.seconds[j],
         }
-        if self.coarse_seconds is not None:
+        share = self.coarse_share
+        if self.coarse_seconds is not None and self.cells_kept is not None and share is not None:
             row["cells_kept"] = self.cells_kept[j]
             row["coarse_seconds"] = self.coarse_seconds[j]
-            row["coarse_share"] = self.coarse_share[j]
+            row["coarse_share"] = share[j]
         return row
 
     def rows(self) -> list:
@@ -85,7 +86,7 @@ class RecallResult:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (without per-query values)."""
-        out = {
+        out: dict[str, Any] = {
             "k": self.k,
             "n_queries": self.n_queries,
             "nlist": self.nlist,

@@ -1,4 +1,4 @@
-"""Retrieval with augmented label prompts and rank-vote pseudo-labelling (SPEC §3)."""
+"""Retrieval with augmented label prompts and rank-vote pseudo-labelling (docs/method.rst §3)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class CombinedRetrievals:
 
 def combine_retrievals(ids, scores=None, seed: int = 0, *, return_details: bool = False,
                        num_threads: int | None = None):
-    """Rank voting over m augmentations x C classes x K neighbours (SPEC §3).
+    """Rank voting over m augmentations x C classes x K neighbours.
 
     ids : int (m, C, K) retrieved source ids, rank 0 = best within each query's list; negative ids
         (search padding) are ignored. scores : float (m, C, K) or None (only reported).

@@ -1,4 +1,5 @@
-"""Sample selection (SPEC §4): similarity filter and per-class k-means selection, native core."""
+"""Sample selection (docs/method.rst §4-§5): similarity filter and per-class k-means selection,
+native core."""
 
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def similarity_to_prototypes(embeddings, labels, prototypes, *, num_threads: int
 
 def filter_by_similarity(embeddings, labels, prototypes, threshold: float = 0.25, *,
                          num_threads: int | None = None) -> np.ndarray:
-    """Boolean mask (n,): keep image i when <embedding_i, prototype[label_i]> > threshold (SPEC §4.1;
-    the prototypes are the unaugmented class-prompt embeddings, default threshold 0.25)."""
+    """Boolean mask (n,): keep image i when <embedding_i, prototype[label_i]> > threshold
+    (docs/method.rst §4, filtering; the prototypes are the unaugmented class-prompt embeddings,
+    default threshold 0.25)."""
     threshold = check_threshold(threshold)
     sim = similarity_to_prototypes(embeddings, labels, prototypes, num_threads=num_threads)
     with np.errstate(over="ignore"):      # |threshold| beyond float32 compares as +-inf, correctly
@@ -60,7 +62,7 @@ def filter_by_similarity(embeddings, labels, prototypes, threshold: float = 0.25
 
 def select_by_clustering(embeddings, labels, k_per_class: int, strategy: str = "random", seed: int = 0, *,
                          max_iter: int = 20, spherical: bool = True, num_threads: int | None = None) -> np.ndarray:
-    """Diverse subset per class (SPEC §4.2): classes with more than ``k_per_class`` images are
+    """Diverse subset per class (docs/method.rst §5): classes with more than ``k_per_class`` images are
     clustered with k-means (k-means++ init, ``max_iter`` iterations) into ``k_per_class`` clusters
     and one image per non-empty cluster is kept — a seeded random member (``strategy="random"``,
     as the authors do) or the member nearest the centroid (``"nearest"``); smaller classes keep

@@ -187,7 +187,8 @@ class _Mapped:
                 pass
 
     def close(self) -> None:
-        self.array = None
+        # drops the view so that the map can close; a closed shard is never read again
+        self.array = None  # type: ignore[assignment]
         try:
             self._mm.close()
         except BufferError:  # a view is still alive somewhere; the GC closes it later
@@ -210,9 +211,10 @@ def _check_index(v, name: str, lo: int, hi: int) -> int:
     """An integer in [lo, hi] (TypeError / IdOutOfRangeError otherwise)."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    v = int(v)
     if not lo <= v <= hi:
         raise IdOutOfRangeError(f"{name} {v} is out of range [{lo}, {hi}]")
-    return int(v)
+    return v
 
 
 def _numeric_key(name: str) -> Optional[int]:
@@ -252,7 +254,8 @@ class EmbeddingShards:
         files = [p for p in files if p.is_file()]
         if not files:
             raise ShardError(f"{label} folder {str(folder)!r} contains no .npy shards")
-        shards, offset = [], 0
+        shards: list[NpyShard] = []
+        offset = 0
         for p in files:
             s = _inspect_npy(p, offset)
             if shards and s.dim != shards[0].dim:
@@ -357,7 +360,7 @@ class EmbeddingShards:
             mapped = self._map(shard)
             np.copyto(dst, mapped.array[start:stop], casting="same_kind")
             mapped.release(start, stop)
-            if check_finite and not _core.all_finite(dst):
+            if check_finite and not _core.all_finite(dst):  # type: ignore[arg-type]  # an ndarray exports the buffer protocol; numpy's stubs declare __buffer__ only from Python 3.12
                 bad = int(np.flatnonzero(~np.isfinite(dst).all(axis=1))[0])
                 raise ShardError(
                     f"{s.path} row {start + bad} (global id {s.offset + start + bad}) "
@@ -419,7 +422,7 @@ class EmbeddingShards:
             out[order[seg]] = mapped.array[local]
             if not was_mapped:
                 self._unmap(i)
-        if check_finite and not _core.all_finite(out):
+        if check_finite and not _core.all_finite(out):  # type: ignore[arg-type]  # an ndarray exports the buffer protocol; numpy's stubs declare __buffer__ only from Python 3.12
             raise ShardError(f"{self.label}: some fetched rows contain NaN or infinite values")
         return out
 
@@ -708,7 +711,7 @@ def gather(
             mapped.release()
         else:
             shards._unmap(int(i))
-    if ids.size and not _core.all_finite(out):
+    if ids.size and not _core.all_finite(out):  # type: ignore[arg-type]  # an ndarray exports the buffer protocol; numpy's stubs declare __buffer__ only from Python 3.12
         bad = int(ids[np.flatnonzero(~np.isfinite(out).all(axis=1))[0]])
         s = shards.shards[int(shards.shard_of(np.array([bad]))[0])]
         raise ShardError(

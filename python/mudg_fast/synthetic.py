@@ -18,7 +18,7 @@ its caption (a semantic continuum, not a few clean topics). Images carry a *nuis
 their captions never describe, captions a *style* subspace images never show; both modalities
 also have modality-specific noise inside the semantic subspace and isotropic noise. The image-only
 variance is what makes paired k-means beat standard k-means for caption->image IVF search
-(SPEC section 1); ``model="offset"`` drops it (a constant modality offset only) as a negative
+(docs/method.rst §1); ``model="offset"`` drops it (a constant modality offset only) as a negative
 control.
 
 A :class:`SyntheticTextEncoder` maps text into the same space deterministically: a prompt that
@@ -272,8 +272,7 @@ class SyntheticParams:
         "nuisance" (default) or "offset": the negative control, in which images and captions are
         built identically apart from their (constant) modality mean: the shared semantics with
         the image fraction, the rest isotropic noise; no semantic noise, nuisance/style
-        subspaces, mean jitter or alignment spread. Paired k-means gains little there
-        (SPEC section 1).
+        subspaces, mean jitter or alignment spread. Paired k-means gains little there.
     """
 
     image_mean: float = 0.724

@@ -38,8 +38,8 @@ struct KMeansParams {
 
 /// The training data of one k-means run. Point i is assigned with row assign_ids[i] of `assign`
 /// (row i when assign_ids is null) and contributes row i of `update` to its centroid.
-/// Standard k-means: assign == update, no ids. Paired k-means (SPEC §1): assign = images,
-/// assign_ids = q(p) (the image nearest to caption i), update = captions.
+/// Standard k-means: assign == update, no ids. Paired k-means (docs/method.rst §1): assign =
+/// images, assign_ids = q(p) (the image nearest to caption i), update = captions.
 struct KMeansData {
     MatrixView<const float> assign;
     const idx_t* assign_ids = nullptr;

@@ -1,4 +1,4 @@
-// Retrieval combination (rank voting) and per-class selection (SPEC §3-§4).
+// Retrieval combination (rank voting) and per-class selection (docs/method.rst §3-§5).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,5 @@
-"""mudg-fast augment: choose label-text descriptors for a list of class names (SPEC §2)."""
+"""mudg-fast augment: choose label-text descriptors for a list of class names (docs/method.rst
+§2, label augmentation)."""
 
 from __future__ import annotations
 

@@ -132,25 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _show_log(enabled: bool):
-    """Shows the build's log messages (plan, ETA, resume) on stderr like its other messages."""
-    import logging
-    import sys
-
-    logger = logging.getLogger("mudg_fast")
-    if not enabled:
-        return None
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("build-index: %(message)s"))
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
-    return handler
-
-
 def run(args) -> int:
-    import logging
-
     from ..build import BuildError, build_index
     from ..cli import CliError
     from ..engines import EngineError
@@ -159,7 +141,6 @@ def run(args) -> int:
     images = Path(args.images_dir)
     if images.is_dir() and not any(images.glob("*.npy")) and (images / "img_emb").is_dir():
         images = images / "img_emb"  # a clip-retrieval output folder
-    handler = _show_log(args.progress)
     try:
         build_index(
             images,
@@ -188,7 +169,4 @@ def run(args) -> int:
         )
     except (BuildError, ShardError, FileNotFoundError, ImportError, EngineError) as e:
         raise CliError(str(e)) from e
-    finally:
-        if handler is not None:
-            logging.getLogger("mudg_fast").removeHandler(handler)
     return 0

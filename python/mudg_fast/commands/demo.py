@@ -101,7 +101,7 @@ def _label_part(out: Path, args) -> dict:
     concept_of = {name: i for i, name in enumerate(corpus.concept_names)}
     t0 = time.perf_counter()
     ts = build_training_set(index, corpus.text_encoder, classes, template="a photo of a {}.", m=8, k=64, nprobe=8,
-                            threshold=0.25, k_per_class=48, seed=args.seed, embeddings=corpus.images, log=log)
+                            threshold=0.25, k_per_class=48, seed=args.seed, embeddings=corpus.images)
     secs = time.perf_counter() - t0
     truth = corpus.labels[ts.ids]
     want = np.array([concept_of[classes[c]] for c in ts.labels])

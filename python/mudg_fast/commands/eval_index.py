@@ -170,6 +170,7 @@ def run(args) -> int:
                 )
             gt = gt[ids]
         else:
+            assert database is not None  # checked above: --database or --ground_truth is given
             ddim = database.dim if isinstance(database, EmbeddingShards) else database.shape[1]
             if ddim != dim:
                 raise CliError(f"database has dim {ddim}, the index {dim}")
@@ -214,7 +215,7 @@ def run(args) -> int:
             + "".join(f"  {r.recall[j]:>18.4f}  {r.qps[j]:>9,.0f}" for r in results.values())
         )
     for label, r in results.items():
-        if r.quantizer is None:
+        if r.quantizer is None or r.cells_kept is None or r.coarse_share is None:
             continue
         kept = ", ".join(f"{p}: {c:.4f}" for p, c in zip(nprobes, r.cells_kept))
         share = ", ".join(f"{p}: {c:.0%}" for p, c in zip(nprobes, r.coarse_share))

@@ -1,4 +1,5 @@
-"""mudg-fast retrieve: retrieve and pseudo-label images for class names (SPEC §3)."""
+"""mudg-fast retrieve: retrieve and pseudo-label images for class names (docs/method.rst §3,
+retrieval and rank voting)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def retrieve_from_args(args, encoder=None):
         return retrieve_candidates(index, encoder, names, template=args.template, descriptors=descriptors,
                                    pool=None if args.pool is None else _pool(args.pool), m=args.m, k=args.k,
                                    nprobe=args.nprobe, rerank=args.rerank, rerank_source=args.rerank_source,
-                                   seed=args.seed, log=log), index
+                                   seed=args.seed), index
     except (TypeError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
 

@@ -1,4 +1,4 @@
-"""mudg-fast select: filter and select a diverse training set per class (SPEC §4)."""
+"""mudg-fast select: filter and select a diverse training set per class (docs/method.rst §4-§5)."""
 
 from __future__ import annotations
 

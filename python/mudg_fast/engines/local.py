@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import numpy as np
@@ -27,9 +28,14 @@ class LocalEngine(Engine):
                   on_progress: Callable[[int], None]) -> None:
         base = 0
         for t in todo:
-            result = tasks.add_part(t, progress=lambda done, base=base: on_progress(base + done))
+            result = tasks.add_part(t, progress=functools.partial(_offset_progress, on_progress, base))
             base += result["ntotal"]
             on_done(result)
 
     def search_parts(self, paths, queries, k, probes, mode="auto") -> list[tuple[np.ndarray, np.ndarray]]:
         return [tasks.search_part(p, queries, k, probes, mode, self.num_threads) for p in paths]
+
+
+def _offset_progress(on_progress: Callable[[int], None], base: int, done: int) -> None:
+    """Progress of one part, reported as vectors added over all parts so far."""
+    on_progress(base + done)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -142,7 +142,7 @@ class RayEngine(Engine):
             return
         self._check_connected("adding", 0)
         try:
-            counter = ray.remote(_Counter).options(num_cpus=0).remote()
+            counter: Any = ray.remote(_Counter).options(num_cpus=0).remote()  # an actor handle
             fn = ray.remote(_run_part).options(num_cpus=self.cpus_per_task, max_retries=self.max_retries,
                                                retry_exceptions=False)
             pending = {fn.remote(self.part_fn, dataclasses.replace(t, num_threads=self.cpus_per_task), counter): t

@@ -126,7 +126,7 @@ class _RangeReader:
         dst = out[: b - a]
         np.copyto(dst, self.mapped.array[a:b], casting="same_kind")
         self.mapped.release(a, b)
-        if not _core.all_finite(dst):
+        if not _core.all_finite(dst):  # type: ignore[arg-type]  # an ndarray exports the buffer protocol; numpy's stubs declare __buffer__ only from Python 3.12
             bad = int(np.flatnonzero(~np.isfinite(dst).all(axis=1))[0])
             raise ShardError(f"{self.shard.path} row {a + bad} (global id {self.shard.offset + a + bad}) "
                              "contains NaN or infinite values")

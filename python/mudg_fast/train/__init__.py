@@ -1,4 +1,4 @@
-"""Fine-tuning CLIP on a selected training set (SPEC §5); needs the ``[clip]`` extra.
+"""Fine-tuning CLIP on a selected training set (docs/method.rst §6); needs the ``[clip]`` extra.
 
 ``finetune(out, **settings)`` is the entry point and ``mudg-fast train`` its command line.
 Importing this package does not import torch: the names below load on first use.

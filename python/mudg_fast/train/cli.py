@@ -1,4 +1,4 @@
-"""``mudg-fast train``: fine-tune CLIP on a selected training set (SPEC §5).
+"""``mudg-fast train``: fine-tune CLIP on a selected training set (docs/method.rst §6, fine-tuning).
 
 Example::
 
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_augment", dest="augment", action="store_false",
                    help="train on the inference transform (no random crops)")
 
-    g = p.add_argument_group("optimisation (defaults: SPEC §5)")
+    g = p.add_argument_group("optimisation (defaults: the authors')")
     g.add_argument("--iterations", type=int, default=_default("iterations"),
                    help="SGD steps (default %(default)s)")
     g.add_argument("--batch_size", type=int, default=_default("batch_size"),

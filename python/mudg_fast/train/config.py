@@ -18,7 +18,7 @@ RESUMABLE_CHANGES = frozenset({"iterations", "save_every", "log_every", "num_wor
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Every setting of a fine-tuning run. Defaults are the authors' (SPEC §5) unless noted.
+    """Every setting of a fine-tuning run. Defaults are the authors' unless noted.
 
     Model: ``model`` (open_clip architecture, default ``"ViT-L-14"``), ``pretrained`` (tag,
     checkpoint file, ``hf-hub:``/``local-dir:``; default ``"openai"``), ``offline``,
@@ -29,7 +29,7 @@ class TrainConfig:
     ``webdataset`` names an img2dataset output folder); ``image_folder`` is a
     ``root/<class>/<image>`` tree. ``classnames``: a list, or a JSON/text file (default: from the
     data). ``template``: the class prompt, ``{}`` is replaced by the class name.
-    ``descriptors``: list or JSON/text file of descriptor phrases (SPEC §2; default none: m = 1,
+    ``descriptors``: list or JSON/text file of descriptor phrases (docs/method.rst §2; default none: m = 1,
     the plain prompt); ``max_descriptors`` keeps the first ones.
 
     Optimisation: ``iterations`` [500; the authors used 100–1000 by data set],

@@ -1,4 +1,4 @@
-"""Fine-tuning with the diversity-preserving loss (SPEC §5).
+"""Fine-tuning with the diversity-preserving loss (docs/method.rst §6, fine-tuning).
 
 Each iteration ``i`` uses descriptor ``d = i mod m`` for both the student's class prototypes and
 the teacher:
@@ -498,7 +498,7 @@ def finetune(out, *, parts: ClipParts | None = None, data: LabeledImages | None 
 
     ``settings`` are :class:`~mudg_fast.train.config.TrainConfig` fields (``model``,
     ``pretrained``, ``manifest`` or ``image_folder``, ``descriptors``, ``iterations``, ...; the
-    defaults are SPEC §5's). ``parts``/``data`` inject an already loaded model or data set.
+    defaults are the authors'). ``parts``/``data`` inject an already loaded model or data set.
 
     A folder that already holds a ``checkpoint.pt`` or ``model.pt`` is never overwritten: pass
     ``resume=True`` to continue that run (bit for bit on CPU, with the same settings and data;

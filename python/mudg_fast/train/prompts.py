@@ -1,7 +1,7 @@
 """Class prompts and descriptors as plain strings (no torch).
 
 A prompt is ``template.format(classname)``, e.g. ``"a photo of a {}."`` -> ``"a photo of a
-dog."``. A descriptor augments it by replacing the final period (SPEC §2): with
+dog."``. A descriptor augments it by replacing the final period (docs/method.rst §2): with
 ``", which can be any color."`` the prompt becomes ``"a photo of a dog, which can be any
 color."``. The empty descriptor ``""`` leaves the prompt as it is.
 """

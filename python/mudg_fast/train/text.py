@@ -1,4 +1,4 @@
-"""The learnable text prompt and which parameters are trained (SPEC §5).
+"""The learnable text prompt and which parameters are trained (docs/method.rst §6, fine-tuning).
 
 **Prompt (CoOp-style, in place).** ``n_ctx`` context vectors are initialised from the token
 embeddings of ``ctx_init`` (default ``"a photo of"``, 3 tokens) and take the place of those
