@@ -42,7 +42,12 @@ html_theme = "furo"
 html_title = f"mudg_fast {release}"
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": False}
+# scikit-learn adds set_<method>_request methods (metadata routing) to every estimator class; its
+# docstrings point into scikit-learn's own glossary, so they are left to scikit-learn's docs.
+_SKLEARN_ROUTING = ",".join(f"set_{m}_request" for m in
+                            ("fit", "partial_fit", "predict", "score", "transform", "fit_predict"))
+autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": False,
+                           "exclude-members": _SKLEARN_ROUTING}
 autodoc_typehints = "none"  # numpydoc renders the types from the docstrings
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False

@@ -2,18 +2,17 @@
 
 :func:`build_index` trains an :class:`~mudg_fast.IVFIndex` on a seeded random sample of the
 shards (paired k-means when caption shards are given, standard k-means otherwise; see
-docs/method.rst §1, paired k-means), then
-adds every image shard batch by batch through read-only memory maps, converting at most one batch
-to float32 at a time. Peak memory is the final index plus one batch (plus a small constant); the
+docs/method.rst §1), then adds every image shard batch by batch through read-only memory maps,
+converting at most one batch to float32 at a time. Peak memory is the final index plus one batch (plus a small constant); the
 batch size is derived from ``memory_budget``.
 
 Progress survives interruption. A work folder next to the output (``<out>.build/`` by default)
 holds:
 
-``manifest.json``  written atomically after every step: a fingerprint of the inputs and
-                   parameters, whether training finished, how many shards the checkpoint holds;
-``trained.ivf``    the trained, empty index (centroids and codec), written once after training;
-``checkpoint.ivf`` the partial index after the last checkpointed shard (atomic replace).
+- ``manifest.json``, written atomically after every step: a fingerprint of the inputs and
+  parameters, whether training finished, how many shards the checkpoint holds;
+- ``trained.ivf``, the trained, empty index (centroids and codec), written once after training;
+- ``checkpoint.ivf``, the partial index after the last checkpointed shard (atomic replace).
 
 Running the same build again resumes from the checkpoint, skipping training, and produces the
 same index file byte for byte as an uninterrupted build: adding is deterministic and does not

@@ -79,6 +79,7 @@ def parse_memory(value) -> Optional[int]:
 
 
 def format_bytes(n: float) -> str:
+    """Human-readable size in powers of 1024 ("512 B", "1.50 GiB")."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
@@ -155,10 +156,12 @@ class BuildPlan:
 
     @property
     def add_peak_bytes(self) -> int:
+        """Peak memory while adding: the resident index, one batch and a fixed overhead (bytes)."""
         return self.resident_index_bytes + self.batch_bytes + FIXED_OVERHEAD
 
     @property
     def peak_bytes(self) -> int:
+        """Peak memory of the build (bytes): adding or training, whichever needs more."""
         return max(self.add_peak_bytes, self.train_bytes)
 
 

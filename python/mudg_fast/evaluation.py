@@ -73,10 +73,12 @@ class EvaluationResult:
 
     @property
     def zero_shot_top1(self) -> float:
+        """Top-1 accuracy of the zero-shot classifier (0 to 1)."""
         return self.report["zero_shot"]["top1"]
 
     @property
     def score_averaging_top1(self) -> float | None:
+        """Top-1 accuracy with descriptor score averaging (0 to 1); None when no descriptors were given."""
         sa = self.report["score_averaging"]
         return None if sa is None else sa["top1"]
 

@@ -241,22 +241,27 @@ class IVFIndex:
     # -- properties -------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
+        """Dimension of the vectors."""
         return self._ix.dim
 
     @property
     def nlist(self) -> int:
+        """Number of inverted lists (cells)."""
         return self._ix.nlist
 
     @property
     def codec(self) -> str:
+        """The codec of the stored vectors: "f32", "f16", "sq8" or "sq4"."""
         return self._ix.codec
 
     @property
     def ntotal(self) -> int:
+        """Number of vectors in the index."""
         return self._ix.ntotal
 
     @property
     def is_trained(self) -> bool:
+        """True once the centroids (and the codec, when it needs training) are set: the index can add."""
         return self._ix.is_trained
 
     @property
@@ -540,6 +545,7 @@ class IVFIndex:
         return self._ix.list_ids(int(list_no))
 
     def memory_bytes(self) -> int:
+        """Bytes of the inverted lists' storage (codes and ids)."""
         return self._ix.memory_bytes()
 
     # -- identity and metadata --------------------------------------------------------------------

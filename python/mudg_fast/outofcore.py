@@ -71,14 +71,18 @@ class PartsPlan:
 
     @property
     def n_parts(self) -> int:
+        """Number of parts."""
         return len(self.ranges)
 
     @property
     def part_rows(self) -> int:
+        """Rows of the largest part."""
         return max((hi - lo for lo, hi in self.ranges), default=0)
 
     @property
     def peak_bytes(self) -> int:
+        """Peak memory of one process of the build (bytes): a part, the training or the merge,
+        whichever needs most."""
         return max(self.part_peak_bytes, self.train_bytes, self.merge_peak_bytes)
 
 

@@ -274,18 +274,22 @@ class ShardedIndex:
 
     @property
     def dim(self) -> int:
+        """Dimension of the vectors."""
         return self._parts[0].dim
 
     @property
     def nlist(self) -> int:
+        """Number of inverted lists (the same for every part)."""
         return self._parts[0].nlist
 
     @property
     def codec(self) -> str:
+        """The codec of the parts' stored vectors (the same for every part)."""
         return self._parts[0].codec
 
     @property
     def ntotal(self) -> int:
+        """Number of vectors over all parts."""
         return int(sum(p.ntotal for p in self._parts))
 
     @property
@@ -300,6 +304,7 @@ class ShardedIndex:
 
     @property
     def centroids(self) -> np.ndarray:
+        """float32 (nlist, dim) centroids, shared by every part."""
         return self._parts[0].centroids
 
     def __len__(self) -> int:
@@ -314,6 +319,7 @@ class ShardedIndex:
         return np.sum([p.list_sizes() for p in self._parts], axis=0).astype(np.int64)
 
     def memory_bytes(self) -> int:
+        """Bytes of the inverted lists' storage (codes and ids), summed over the parts."""
         return int(sum(p.memory_bytes() for p in self._parts))
 
     # -- search -----------------------------------------------------------------------------------

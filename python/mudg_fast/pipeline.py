@@ -84,6 +84,7 @@ class TrainingSet:
         return len(self.ids)
 
     def counts(self) -> dict[str, int]:
+        """Selected images per class name, in class order."""
         c = np.bincount(self.labels, minlength=len(self.classnames))
         return {name: int(n) for name, n in zip(self.classnames, c)}
 
@@ -340,7 +341,8 @@ def build_training_set(index: IVFIndex, encoder, classnames, *, template: str = 
         automatic for sq4 indexes whose source is known).
     embeddings : where the selection reads image embeddings: an array / memory map indexed by
         id, a callable ``ids -> (n, d)``, or None to reconstruct them from the index.
-    log : see :func:`retrieve_candidates`.
+    log : an optional callable(str) that also receives the progress messages (see
+        :func:`retrieve_candidates`).
     """
     cands = retrieve_candidates(index, encoder, classnames, template=template, descriptors=descriptors, pool=pool,
                                 m=m, n_groups=n_groups, k=k, nprobe=nprobe, rerank=rerank, rerank_source=rerank_source,

@@ -56,6 +56,8 @@ class RecallResult:
 
     @property
     def coarse_share(self) -> Optional[list]:
+        """Per nprobe, the coarse stage's share of the search time (coarse_seconds / seconds);
+        None when the index has no coarse-stage report."""
         if self.coarse_seconds is None:
             return None
         return [c / s if s > 0 else float("nan") for c, s in zip(self.coarse_seconds, self.seconds)]
@@ -82,6 +84,7 @@ class RecallResult:
         return row
 
     def rows(self) -> list:
+        """One dict per evaluated nprobe (see ``__getitem__``), in the order evaluated."""
         return [self[p] for p in self.nprobes]
 
     def to_dict(self) -> dict:
@@ -99,6 +102,7 @@ class RecallResult:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RecallResult":
+        """The result back from :meth:`to_dict`'s output (e.g. a JSON report)."""
         rows = d["results"]
         coarse = all("coarse_seconds" in r for r in rows) and "quantizer" in d
         return cls(
@@ -116,6 +120,8 @@ class RecallResult:
         )
 
     def table(self) -> str:
+        """The results as a fixed-width text table, one line per nprobe (plus the quantizer's top-1
+        agreement when reported)."""
         coarse = self.coarse_seconds is not None
         head = f"{'nprobe':>6}  {'recall@' + str(self.k):>10}  {'QPS':>10}  {'seconds':>9}"
         if coarse:

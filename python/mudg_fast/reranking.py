@@ -68,6 +68,7 @@ class RowSource:
         self._owned_shards = shards
 
     def close(self) -> None:
+        """Releases the shard maps this source opened; the source cannot be used afterwards."""
         if self._owned_shards is not None:
             self._owned_shards.close()
             self._owned_shards = None

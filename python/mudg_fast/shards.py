@@ -84,14 +84,17 @@ class NpyShard:
 
     @property
     def name(self) -> str:
+        """The shard's file name."""
         return self.path.name
 
     @property
     def row_bytes(self) -> int:
+        """Bytes of one row (dim x itemsize)."""
         return self.dim * self.dtype.itemsize
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the shard's data (rows x row_bytes, without the header)."""
         return self.rows * self.row_bytes
 
     @property
@@ -284,6 +287,7 @@ class EmbeddingShards:
 
     @property
     def dtypes(self) -> list[np.dtype]:
+        """The distinct dtypes of the shards (float16 and/or float32), sorted by name."""
         return sorted({s.dtype for s in self.shards}, key=str)
 
     def shard_of(self, ids: np.ndarray) -> np.ndarray:
@@ -303,6 +307,7 @@ class EmbeddingShards:
             m.close()
 
     def close(self) -> None:
+        """Releases every memory map opened so far (reading again maps the shards anew)."""
         for i in list(self._maps):
             self._unmap(i)
 
@@ -610,9 +615,11 @@ class Collection:
 
     @property
     def ntotal(self) -> int:
+        """Number of rows (images) in the collection."""
         return self.images.ntotal
 
     def close(self) -> None:
+        """Releases the memory maps of the image and caption shards."""
         self.images.close()
         if self.captions is not None:
             self.captions.close()

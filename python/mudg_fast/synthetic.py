@@ -598,10 +598,12 @@ class SyntheticTextEncoder:
 
     @property
     def dim(self) -> int:
+        """Dimension of the embeddings the encoder returns."""
         return self._space.dim
 
     @property
     def seed(self) -> int:
+        """The seed of the embedding space (the corpus's seed)."""
         return self._space.seed
 
     def _lookup(self, words: list[str], i: int) -> int:
@@ -755,10 +757,12 @@ class SyntheticCorpus:
 
     @property
     def n_images(self) -> int:
+        """Number of image/caption pairs."""
         return self.images.shape[0]
 
     @property
     def dim(self) -> int:
+        """Dimension of the embeddings."""
         return self.images.shape[1]
 
     def __repr__(self):

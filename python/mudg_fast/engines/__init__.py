@@ -37,6 +37,9 @@ class Engine:
     concurrency = 1
 
     def train(self, task: TrainTask, say: Callable[[str], None]) -> dict:
+        """Runs the training task (sample, k-means, coarse quantizer, codec) and writes the trained
+        empty index where the task says; ``say`` reports progress. Returns the task's statistics
+        (``{"seconds": ..., ...}``)."""
         raise NotImplementedError
 
     def add_parts(self, tasks: list[PartTask], on_done: Callable[[dict], None],
