@@ -1,5 +1,7 @@
 // IvfIndex::search: coarse quantisation, then per-query or list-major scans of the probed lists.
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <vector>
 
 #include "ivf_internal.hpp"
@@ -244,6 +246,14 @@ void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, Ma
     std::vector<Scratch> panel(nt);
     std::vector<std::vector<float>> thr(nt);
     std::vector<CentroidTerm> cterm(nt);
+    // Each query's highest threshold over the threads. A thread's threshold t for a query means
+    // that the thread holds at least k candidates scoring >= t, so the query's final k-th best
+    // scores >= t and a candidate scoring < t can never enter its top-k: every thread may drop
+    // it. (Candidates scoring exactly t still reach the sink, which decides ties by id against
+    // its own heap.) Read and written racily through relaxed atomics: a stale value prunes
+    // less, never wrongly, so the result does not depend on the timing.
+    std::unique_ptr<std::atomic<float>[]> shared(new std::atomic<float>[static_cast<std::size_t>(nq)]);
+    for (idx_t i = 0; i < nq; ++i) shared[i].store(kNegInf, std::memory_order_relaxed);
     parallel_for(static_cast<idx_t>(items.size()), 1, n_threads, [&](idx_t b, idx_t e, int tid) {
         TopkHeaps& h = heaps[tid];
         if (!used[tid]) {
@@ -258,7 +268,8 @@ void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, Ma
             float* a = panel[tid].get(packed_rows_size(kRowGroup, d, mr));
             pack_rows(q.data, q.stride, qids, rows, d, mr, scale, a);
             float* t_thr = thr[tid].data();
-            for (idx_t r = 0; r < rows; ++r) t_thr[r] = h.threshold(qids[r]);
+            for (idx_t r = 0; r < rows; ++r)
+                t_thr[r] = std::max(h.threshold(qids[r]), shared[qids[r]].load(std::memory_order_relaxed));
             // <q, c_l> of the group's rows: one call, shared by every part's list l.
             const float* cq = residual ? cterm[tid].compute(K, a, rows, ix.centroids().data(), &it.list, 1, d)
                                        : nullptr;
@@ -276,10 +287,15 @@ void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, Ma
                 }
                 HeapSink ctx;
                 ctx.heaps = &h;
-                ctx.call_thresholds = t_thr;  // the sink keeps them equal to the heaps' thresholds
+                ctx.call_thresholds = t_thr;  // the sink only raises them
                 ctx.row_map = qids;
                 ctx.col_ids = list.id_ptr();
                 K.topk(t, t_thr, HeapSink::sink, &ctx);
+            }
+            for (idx_t r = 0; r < rows; ++r) {
+                const float th = h.threshold(qids[r]);
+                if (th > shared[qids[r]].load(std::memory_order_relaxed))
+                    shared[qids[r]].store(th, std::memory_order_relaxed);
             }
         }
     });

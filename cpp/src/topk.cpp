@@ -29,71 +29,118 @@ struct AlignedFloats {
 // TopkHeaps
 
 void TopkHeaps::reset(idx_t n_rows, int k) {
+    MUDG_ASSERT(k >= 1);
     n_rows_ = n_rows;
     k_ = k;
-    scores_.assign(static_cast<size_t>(n_rows * k), kNegInf);
-    ids_.assign(static_cast<size_t>(n_rows * k), -1);
+    cap_ = capacity_for(k);
+    MUDG_ASSERT(cap_ > k);
+    // Only entries [0, size) of a row are ever read: no need to fill the buffers.
+    scores_.resize(static_cast<size_t>(n_rows * cap_));
+    ids_.resize(static_cast<size_t>(n_rows * cap_));
     thr_.assign(static_cast<size_t>(n_rows), kNegInf);
+    thr_id_.assign(static_cast<size_t>(n_rows), std::numeric_limits<idx_t>::max());
     size_.assign(static_cast<size_t>(n_rows), 0);
 }
 
-void TopkHeaps::push(idx_t row, float score, idx_t id) noexcept {
-    float* hs = scores_.data() + row * k_;
-    idx_t* hi = ids_.data() + row * k_;
-    int& n = size_[row];
-    // "worse(a, b)": a ranks below b. The heap keeps the worst entry at index 0.
-    auto worse = [&](int a, int b) { return better(hs[b], hi[b], hs[a], hi[a]); };
-    if (n < k_) {
-        int i = n++;
-        hs[i] = score;
-        hi[i] = id;
-        while (i > 0) {
-            const int parent = (i - 1) / 2;
-            if (!worse(i, parent)) break;
-            std::swap(hs[i], hs[parent]);
-            std::swap(hi[i], hi[parent]);
-            i = parent;
+void TopkHeaps::compact(idx_t row) noexcept {
+    float* hs = scores_.data() + row * cap_;
+    idx_t* hi = ids_.data() + row * cap_;
+    const int n = size_[row], k = k_;
+    // Fast path: a pivot p taken from an evenly spaced sample of the buffer, aimed so that a
+    // little more than k entries score >= p; keep exactly those. At least k kept entries score
+    // >= p, so the row's final k-th best does too and p is a valid threshold. Entries scoring
+    // exactly p are kept and later ones accepted whatever their id (thr_id_ = max): the total
+    // order among them is settled by a later selection or by extract().
+    constexpr int kSample = 64;
+    if (n >= 2 * kSample) {
+        float sample[kSample];
+        for (int i = 0; i < kSample; ++i) sample[i] = hs[static_cast<idx_t>(i) * n / kSample];
+        const int target = k + (n - k) / 4;  // keep about k and a quarter of the slack
+        const int j = static_cast<int>(std::min<idx_t>(kSample - 1, static_cast<idx_t>(target) * kSample / n));
+        std::nth_element(sample, sample + j, sample + kSample, std::greater<float>());
+        const float p = sample[j];
+        int count = 0;
+        for (int i = 0; i < n; ++i) count += hs[i] >= p;
+        // Accept the pivot if it keeps k and frees at least half the slack (a selection is then
+        // amortised over as many pushes); otherwise (a bad sample, heavy ties) select exactly.
+        if (count >= k && count <= k + (n - k) / 2 && p > thr_[row]) {
+            int m = 0;
+            for (int i = 0; i < n; ++i) {  // branch-free compaction
+                hs[m] = hs[i];
+                hi[m] = hi[i];
+                m += hs[i] >= p;
+            }
+            size_[row] = m;
+            thr_[row] = p;
+            thr_id_[row] = std::numeric_limits<idx_t>::max();
+            return;
         }
-        if (n == k_) thr_[row] = hs[0];
-        return;
     }
-    if (!better(score, id, hs[0], hi[0])) return;
-    hs[0] = score;
-    hi[0] = id;
-    int i = 0;
-    for (;;) {
-        const int l = 2 * i + 1, r = l + 1;
-        int w = i;
-        if (l < n && worse(l, w)) w = l;
-        if (r < n && worse(r, w)) w = r;
-        if (w == i) break;
-        std::swap(hs[i], hs[w]);
-        std::swap(hi[i], hi[w]);
-        i = w;
+    // Exact: tau, the k-th largest score; keep every entry above it and, of those equal to it,
+    // the ones with the lowest ids: k in all. The k-th kept entry, (tau, tie_max), becomes the
+    // threshold: whatever does not beat it cannot enter the top-k.
+    thread_local std::vector<float> tmp;
+    tmp.assign(hs, hs + n);
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    const float tau = tmp[k - 1];
+    int above = 0;
+    for (int i = 0; i < n; ++i) above += hs[i] > tau;
+    thread_local std::vector<idx_t> tie;
+    tie.clear();
+    for (int i = 0; i < n; ++i)
+        if (hs[i] == tau) tie.push_back(hi[i]);
+    const int need = k - above;  // >= 1: tau is the k-th largest
+    std::nth_element(tie.begin(), tie.begin() + (need - 1), tie.end());
+    const idx_t tie_max = tie[need - 1];
+    // Of the tied entries, keep those with an id below tie_max and as many copies of tie_max as
+    // fill k (the same id can be pushed more than once, e.g. merged from another instance).
+    int at_max = need - static_cast<int>(std::count_if(tie.begin(), tie.begin() + need,
+                                                         [&](idx_t v) { return v < tie_max; }));
+    int m = 0;
+    for (int i = 0; i < n; ++i) {
+        bool keep = hs[i] > tau || (hs[i] == tau && hi[i] < tie_max);
+        if (hs[i] == tau && hi[i] == tie_max && at_max > 0) {
+            keep = true;
+            --at_max;
+        }
+        hs[m] = hs[i];
+        hi[m] = hi[i];
+        m += keep;
     }
-    thr_[row] = hs[0];
+    MUDG_ASSERT(m == k);
+    size_[row] = m;
+    thr_[row] = tau;
+    thr_id_[row] = tie_max;
 }
 
 void TopkHeaps::extract(idx_t row, float* scores, idx_t* ids) const {
+    struct Entry {
+        float s;
+        idx_t id;
+    };
+    thread_local std::vector<Entry> e;
     const int n = size_[row];
-    std::vector<int> order(n);
-    for (int i = 0; i < n; ++i) order[i] = i;
-    const float* hs = scores_.data() + row * k_;
-    const idx_t* hi = ids_.data() + row * k_;
-    std::sort(order.begin(), order.end(), [&](int a, int b) { return better(hs[a], hi[a], hs[b], hi[b]); });
-    for (int i = 0; i < n; ++i) {
-        scores[i] = hs[order[i]];
-        ids[i] = hi[order[i]];
+    e.resize(static_cast<std::size_t>(n));
+    const float* hs = scores_.data() + row * cap_;
+    const idx_t* hi = ids_.data() + row * cap_;
+    for (int i = 0; i < n; ++i) e[i] = {hs[i], hi[i]};
+    auto by = [](const Entry& a, const Entry& b) { return better(a.s, a.id, b.s, b.id); };
+    const int m = std::min(n, k_);
+    if (m < n) std::nth_element(e.begin(), e.begin() + (m - 1), e.end(), by);
+    std::sort(e.begin(), e.begin() + m, by);
+    for (int i = 0; i < m; ++i) {
+        scores[i] = e[i].s;
+        ids[i] = e[i].id;
     }
-    for (int i = n; i < k_; ++i) {
+    for (int i = m; i < k_; ++i) {
         scores[i] = kNegInf;
         ids[i] = -1;
     }
 }
 
 void TopkHeaps::merge_row(idx_t dst, const TopkHeaps& other, idx_t src) noexcept {
-    const float* hs = other.scores_.data() + src * other.k_;
-    const idx_t* hi = other.ids_.data() + src * other.k_;
+    const float* hs = other.scores_.data() + src * other.cap_;
+    const idx_t* hi = other.ids_.data() + src * other.cap_;
     for (int i = 0; i < other.size_[src]; ++i) push(dst, hs[i], hi[i]);
 }
 
@@ -101,7 +148,10 @@ void HeapSink::sink(void* ctx, idx_t row, idx_t col, float score) {
     auto& c = *static_cast<HeapSink*>(ctx);
     const idx_t hr = c.row_map ? c.row_map[row] : c.row_base + row;
     c.heaps->push(hr, score, c.col_ids ? c.col_ids[col] : c.col_base + col);
-    c.call_thresholds[row] = c.heaps->threshold(hr);
+    // Only ever raised: the call's threshold may already be higher than the row's own (a bound
+    // shared from another instance, see list-major search).
+    const float th = c.heaps->threshold(hr);
+    if (th > c.call_thresholds[row]) c.call_thresholds[row] = th;
 }
 
 // ---------------------------------------------------------------------------------------------
