@@ -12,8 +12,10 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import mudg_fast
 import mudg_fast._core
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,6 +59,21 @@ def test_stubs_cover_every_public_name_of_the_module():
     assert public
     for name in public:
         assert f"def {name}(" in text or f"class {name}" in text or f"{name}: " in text, name
+
+
+def test_load_takes_what_the_stub_declares(tmp_path):
+    """``IvfIndex.load(..., trained_like: IvfIndex | None = None)``: None or an index, else TypeError."""
+    assert "trained_like: IvfIndex | None = None" in CHECKED_IN.read_text(encoding="utf-8")
+    x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = mudg_fast.IVFIndex(8, 4).train(x, seed=0).add(x)
+    path = tmp_path / "a.ivf"
+    index.save(path)
+    first = mudg_fast._core.IvfIndex.load(str(path), True, True, None)
+    again = mudg_fast._core.IvfIndex.load(str(path), trained_like=first)
+    assert again.ntotal == first.ntotal == 200
+    with pytest.raises(TypeError, match="trained_like must be an IvfIndex or None"):
+        mudg_fast._core.IvfIndex.load(str(path), True, True, "a.ivf")
 
 
 def test_stubs_are_installed_next_to_the_compiled_module():
