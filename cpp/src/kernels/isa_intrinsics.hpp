@@ -92,6 +92,18 @@ static inline simde__m512 mask_loadu_ps(simde__m512 src, std::uint16_t mask, con
     __builtin_memcpy(&v, x, 64);
     return v;
 }
+static inline simde__m512 shuffle_f32x4(simde__m512 a, simde__m512 b, int imm) {  // vshuff32x4
+    float x[16], y[16], r[16];
+    __builtin_memcpy(x, &a, 64);
+    __builtin_memcpy(y, &b, 64);
+    for (int lane = 0; lane < 4; ++lane) {
+        const float* src = (lane < 2 ? x : y) + 4 * ((imm >> (2 * lane)) & 3);
+        for (int i = 0; i < 4; ++i) r[4 * lane + i] = src[i];
+    }
+    simde__m512 v;
+    __builtin_memcpy(&v, r, 64);
+    return v;
+}
 template <class T, class V>
 static inline void mask_storeu(void* p, std::uint16_t mask, V v) {
     T x[16];
@@ -100,6 +112,9 @@ static inline void mask_storeu(void* p, std::uint16_t mask, V v) {
         if ((mask >> i) & 1u) __builtin_memcpy(static_cast<char*>(p) + i * sizeof(T), &x[i], sizeof(T));
 }
 }  // namespace mudg_simde_extra
+#if !defined(_mm512_shuffle_f32x4)
+#define _mm512_shuffle_f32x4(a, b, imm) mudg_simde_extra::shuffle_f32x4(a, b, imm)
+#endif
 #if !defined(_mm512_cvtepi32_ps)
 #define _mm512_cvtepi32_ps(a) mudg_simde_extra::cvtepi32_ps(a)
 #endif
