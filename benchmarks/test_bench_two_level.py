@@ -144,7 +144,7 @@ def test_two_level_training(benchmark, recorder, train_data):
         recorder.row(g, name=f"IVF recall@10, nprobe {p}",
                      info={name: f"{r.recall[j]:.4f}" for name, r in rec.items()} | {"two-level - flat": f"{diff:+.4f}"},
                      met={"within 0.01 of flat": diff >= -0.01} if p in (8, 32) else None)
-    recorder.note(g, f"faiss: two_level_clustering(x, {nc1}, {k}, clustering_niter={ITERS}, niter={ITERS}, "
+    recorder.note(g, f"faiss: two_level_clustering(x, {nc1}, {k}, clustering_niter={ITERS} (both levels), "
                      "spherical=True) with its default max_points_per_centroid (2000 coarse, 256 fine); "
                      "ours: KMeans(max_points_per_centroid=256), coarse level on <= 1024 points per coarse "
                      f"cluster. Recall: 1000 held-out images, exact top-10 over the {n:,} images, f32 lists.")
