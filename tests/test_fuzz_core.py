@@ -390,7 +390,15 @@ class IndexMachine(RuleBasedStateMachine):
             return np.clip(v, lo, hi), b / 2 * (1 + 1e-5) + 1e-7
         levels = a.reshape(D, 16)
         gap = np.diff(levels, axis=1).max(axis=1)
-        return np.clip(v, levels[:, 0], levels[:, -1]), gap / 2 * (1 + 1e-5) + 1e-7
+        if len(b) == 0:  # direct form: codes of x itself
+            return np.clip(v, levels[:, 0], levels[:, -1]), gap / 2 * (1 + 1e-5) + 1e-7
+        # residual form: codes of (x - c_l) / s_l for the list l the quantizer gives x
+        lists = self.index.probe(v, 1)[1][:, 0]
+        c = self.index.centroids[lists]
+        scale = np.asarray(b, np.float64)[lists][:, None]
+        r = np.clip((v - c) / scale, levels[:, 0], levels[:, -1])
+        want = c + scale * r
+        return want, scale * gap / 2 * (1 + 1e-5) + 1e-6 * (1 + np.abs(c) + np.abs(want))
 
     # -- rules ---------------------------------------------------------------------------------
     @rule(data=st.data(), n=st.integers(0, 12), with_ids=st.booleans())
