@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HERE, THREADS
+from conftest import HERE, THREADS, drop_page_cache
 
 import mudg_fast
 from mudg_fast import IVFIndex, ShardedIndex
@@ -128,15 +128,6 @@ def ensure_data():
         np.save(DATA / "queries.npy", cap)
         done.write_text(json.dumps(stamp))
     return img_dir, np.load(DATA / "queries.npy")
-
-
-def _evict(paths) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def _du(folder: Path) -> int:
@@ -390,7 +381,7 @@ def test_webscale(data, recorder):
     # 3. MUDG-batch search from memory-mapped parts, cold and warm, against faiss part by part
     paths = [str(p) for p in sharded.paths]
     del sharded
-    _evict(paths)
+    drop_page_cache(paths)
     t0 = time.perf_counter()
     sharded = ShardedIndex(parts_dir, verify=False, num_threads=THREADS)
     _, ids = sharded.search(queries, K, nprobe=NPROBE)
