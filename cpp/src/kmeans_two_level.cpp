@@ -91,6 +91,41 @@ void group_by_label(const idx_t* label, idx_t n, idx_t n_labels, std::vector<idx
     for (idx_t i = 0; i < n; ++i) order[fill[label[i]]++] = i;
 }
 
+/// Largest copy of a coarse cluster's rows that LocalRows makes (assignment + update vectors).
+constexpr double kGatherBytes = 512.0 * (1 << 20);
+
+/// A coarse cluster's members copied to contiguous rows, in member order, so that its fit streams
+/// them instead of gathering scattered rows of the whole set at every iteration (and in k-means++).
+/// The same rows in the same order: the fit's sums, scores and result are unchanged. gather() says
+/// no above kGatherBytes, where the copy would cost more memory than it saves time.
+struct LocalRows {
+    std::vector<float> assign, update;
+    KMeansData data;
+
+    bool gather(const KMeansData& src, const idx_t* rows, idx_t m, int n_threads) {
+        const idx_t d = src.update.cols;
+        const bool shared =
+            !src.assign_ids && src.assign.data == src.update.data && src.assign.stride == src.update.stride;
+        if (static_cast<double>(m) * static_cast<double>(d) * sizeof(float) * (shared ? 1 : 2) > kGatherBytes)
+            return false;
+        update.resize(static_cast<std::size_t>(m * d));
+        if (!shared) assign.resize(static_cast<std::size_t>(m * d));
+        parallel_for(m, 256, n_threads, [&](idx_t b, idx_t e, int) {
+            for (idx_t j = b; j < e; ++j) {
+                const idx_t r = rows[j];
+                std::copy(src.update.row(r), src.update.row(r) + d, update.data() + j * d);
+                if (shared) continue;
+                const float* a = src.assign.row(src.assign_ids ? src.assign_ids[r] : r);
+                std::copy(a, a + d, assign.data() + j * d);
+            }
+        });
+        data.update = MatrixView<const float>(update.data(), m, d);
+        data.assign = shared ? data.update : MatrixView<const float>(assign.data(), m, d);
+        data.assign_ids = nullptr;
+        return true;
+    }
+};
+
 /// Runs body(c, threads) for every item of `items` (ordered by decreasing work): items whose work
 /// exceeds a share of the total one after another with all threads, the rest in parallel with one
 /// thread each. Every body is deterministic at any thread count, so the schedule cannot change a
@@ -184,8 +219,13 @@ KMeansResult two_level_fit(const KMeansData& data, const KMeansParams& p, float*
         sp.seed = sub_cluster_seed(p.seed, c);
         sp.n_threads = threads;
         sp.verbose = false;
-        sub[c] = lloyd_fit(data, members.data() + start[c], sizes[c], sp, centroids + first[c] * d,
-                           sub_lab.data() + start[c]);
+        const idx_t* rows = members.data() + start[c];
+        LocalRows local;
+        if (local.gather(data, rows, sizes[c], threads)) {
+            sub[c] = lloyd_fit(local.data, nullptr, sizes[c], sp, centroids + first[c] * d, sub_lab.data() + start[c]);
+        } else {
+            sub[c] = lloyd_fit(data, rows, sizes[c], sp, centroids + first[c] * d, sub_lab.data() + start[c]);
+        }
     });
     auto t2 = clock::now();
     result.fine_seconds = std::chrono::duration<double>(t2 - t1).count();
