@@ -176,7 +176,7 @@ KMeansResult kmeans_fit(const KMeansData& data, const KMeansParams& p, MatrixVie
 namespace kmeans_detail {
 
 KMeansResult lloyd_fit(const KMeansData& data, const idx_t* points, idx_t n, const KMeansParams& p, float* out_centroids,
-                       idx_t* labels) {
+                       idx_t* labels, bool with_inertia) {
     using clock = std::chrono::steady_clock;
     const idx_t d = data.update.cols, k = p.n_clusters;
     MUDG_ASSERT(k >= 1 && n >= k);
@@ -336,7 +336,7 @@ KMeansResult lloyd_fit(const KMeansData& data, const idx_t* points, idx_t n, con
         }
         assign_step(rows.empty() ? nullptr : rows.data(), n, labels, all_score.data());
     }
-    result.inertia = inertia(data, points, n, c.data(), labels, nt);
+    if (with_inertia) result.inertia = inertia(data, points, n, c.data(), labels, nt);
     std::copy(c.begin(), c.end(), out_centroids);
     return result;
 }

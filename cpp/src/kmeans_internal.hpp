@@ -12,9 +12,10 @@ namespace kmeans_detail {
 /// Flat Lloyd k-means on the points `points[0..n)` (update rows, ascending; null: rows 0..n-1)
 /// of `data`: point i is assigned with its assign row and updates with its update row.
 /// centroids [k x d] contiguous (IN for init == given), labels [n] per point. Parameters are
-/// validated by the caller; p.method is ignored.
+/// validated by the caller; p.method is ignored. with_inertia = false leaves result.inertia at 0
+/// (a pass over every point that a caller with no use for it skips).
 KMeansResult lloyd_fit(const KMeansData& data, const idx_t* points, idx_t n, const KMeansParams& p, float* centroids,
-                       idx_t* labels);
+                       idx_t* labels, bool with_inertia = true);
 
 /// Two-level fit (see kmeans_fit); the same contract as lloyd_fit over all points.
 KMeansResult two_level_fit(const KMeansData& data, const KMeansParams& p, float* centroids, idx_t* labels);

@@ -189,7 +189,7 @@ KMeansResult two_level_fit(const KMeansData& data, const KMeansParams& p, float*
     cp.verbose = false;
     std::vector<float> coarse(static_cast<std::size_t>(k1 * d));
     std::vector<idx_t> coarse_lab(static_cast<std::size_t>(n_train));
-    lloyd_fit(data, train_rows, n_train, cp, coarse.data(), coarse_lab.data());
+    lloyd_fit(data, train_rows, n_train, cp, coarse.data(), coarse_lab.data(), /*with_inertia=*/false);
     std::vector<idx_t> start, order;
     group_by_label(coarse_lab.data(), n_train, k1, start, order);
     std::vector<idx_t> sizes(k1), members(static_cast<std::size_t>(n_train));
@@ -219,13 +219,12 @@ KMeansResult two_level_fit(const KMeansData& data, const KMeansParams& p, float*
         sp.seed = sub_cluster_seed(p.seed, c);
         sp.n_threads = threads;
         sp.verbose = false;
+        // The fit's own inertia is not needed: the total over all points is computed once below.
         const idx_t* rows = members.data() + start[c];
         LocalRows local;
-        if (local.gather(data, rows, sizes[c], threads)) {
-            sub[c] = lloyd_fit(local.data, nullptr, sizes[c], sp, centroids + first[c] * d, sub_lab.data() + start[c]);
-        } else {
-            sub[c] = lloyd_fit(data, rows, sizes[c], sp, centroids + first[c] * d, sub_lab.data() + start[c]);
-        }
+        const bool gathered = local.gather(data, rows, sizes[c], threads);
+        sub[c] = lloyd_fit(gathered ? local.data : data, gathered ? nullptr : rows, sizes[c], sp,
+                           centroids + first[c] * d, sub_lab.data() + start[c], /*with_inertia=*/false);
     });
     auto t2 = clock::now();
     result.fine_seconds = std::chrono::duration<double>(t2 - t1).count();
