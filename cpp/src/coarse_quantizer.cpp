@@ -35,9 +35,10 @@ T* align64(T* p) {
 }  // namespace
 
 idx_t TwoLevelQuantizer::default_cells(idx_t nlist) noexcept {
-    // Cost per vector is cells + probe * nlist / cells; at nlist 131072 on CLIP-like data, 362 and
-    // 724 cells need about the same scores for 97 % of the exact top-8 lists of caption queries
-    // (benchmarks/explore_quantizer_spill.py).
+    // Cost per vector is cells + probe * nlist / cells, which sqrt(nlist) cells balance. At nlist
+    // 131072 on CLIP-like data, 724 cells score ~20 % fewer centroids than 362 for 97-98 % of the
+    // exact top-8 lists of caption queries (benchmarks/explore_quantizer_spill.py): not enough to
+    // change the default.
     return std::max<idx_t>(2, std::llround(std::sqrt(static_cast<double>(nlist))));
 }
 
