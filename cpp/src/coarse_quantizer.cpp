@@ -13,6 +13,7 @@
 #include <limits>
 #include <mutex>
 
+#include "bucket_work.hpp"
 #include "mudg_fast/kmeans.hpp"
 #include "mudg_fast/parallel.hpp"
 #include "mudg_fast/simd.hpp"
@@ -196,7 +197,7 @@ void TwoLevelQuantizer::search(MatrixView<const float> centroids, MatrixView<con
     const Kernels& K = kernels();
     const std::shared_ptr<const Panels> P = panels(centroids);
     const idx_t slab = kSlab / K.mr * K.mr;
-    std::vector<idx_t> ci, cstart, qlist;
+    std::vector<idx_t> ci;
     for (idx_t q0 = 0; q0 < q.rows; q0 += kQueryChunk) {
         const idx_t nq = std::min(kQueryChunk, q.rows - q0);
         const MatrixView<const float> qc(q.row(q0), nq, d, q.stride);
@@ -231,26 +232,10 @@ void TwoLevelQuantizer::search(MatrixView<const float> centroids, MatrixView<con
                 std::copy(order.begin(), order.begin() + probe, ci.begin() + (c0 + c) * probe);
             }
         });
-        // 2. Cell-major: the queries of every cell, ascending.
-        cstart.assign(static_cast<std::size_t>(cells_ + 1), 0);
-        for (idx_t i = 0; i < nq * probe; ++i) ++cstart[ci[i] + 1];
-        for (idx_t s = 0; s < cells_; ++s) cstart[s + 1] += cstart[s];
-        qlist.resize(static_cast<std::size_t>(cstart[cells_]));
-        {
-            std::vector<idx_t> fill(cstart.begin(), cstart.end() - 1);
-            for (idx_t i = 0; i < nq * probe; ++i) qlist[fill[ci[i]]++] = i / probe;
-        }
-        struct Item { idx_t cell, r0, r1; double cost; };
-        std::vector<Item> items;
-        for (idx_t s = 0; s < cells_; ++s) {
-            const idx_t m = cstart[s + 1] - cstart[s], size = start_[s + 1] - start_[s];
-            if (!m || !size) continue;
-            for (idx_t r0 = 0; r0 < m; r0 += kRowGroup) {
-                const idx_t r1 = std::min(m, r0 + kRowGroup);
-                items.push_back({s, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(size)});
-            }
-        }
-        std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+        // 2. Cell-major: the queries of every cell, ascending, in groups of kRowGroup.
+        const BucketRows by_cell = invert_pairs(ci.data(), nq * probe, probe, cells_);
+        const std::vector<BucketItem> items =
+            cost_ordered_items(by_cell, kRowGroup, [&](idx_t s) { return start_[s + 1] - start_[s]; });
 
         // 3. Every (cell, query group): the cell's centroids are the kernel's rows, the queries its
         //    columns; each query's best among the column's scores goes into per-thread state.
@@ -270,9 +255,9 @@ void TwoLevelQuantizer::search(MatrixView<const float> centroids, MatrixView<con
             std::vector<float> cb(kRowGroup);   // per column: best score / heap threshold
             std::vector<idx_t> cr(kRowGroup);   // per column: best row
             for (idx_t w = b; w < e; ++w) {
-                const Item& it = items[w];
-                const idx_t cols = it.r1 - it.r0, s = it.cell, size = start_[s + 1] - start_[s];
-                const idx_t* qids = qlist.data() + cstart[s] + it.r0;
+                const BucketItem& it = items[w];
+                const idx_t cols = it.r1 - it.r0, s = it.bucket, size = start_[s + 1] - start_[s];
+                const idx_t* qids = by_cell.rows.data() + by_cell.start[s] + it.r0;
                 const idx_t* ids = members_.data() + start_[s];
                 K.pack_blocks_f32(qc.data, qc.stride, qids, cols, d, qb);
                 for (idx_t r0 = 0; r0 < size; r0 += slab) {

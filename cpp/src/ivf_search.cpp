@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "bucket_work.hpp"
 #include "ivf_internal.hpp"
 #include "mudg_fast/parallel.hpp"
 #include "mudg_fast/topk.hpp"
@@ -214,31 +215,11 @@ void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, Ma
     }
 
     // 2. List-major: invert (query, list) pairs into per-list query sets (ascending query ids).
-    std::vector<idx_t> start(nlist + 1, 0), members(static_cast<std::size_t>(nq * nprobe));
-    for (idx_t i = 0; i < nq * nprobe; ++i)
-        if (probes[i] >= 0) ++start[probes[i] + 1];
-    for (idx_t l = 0; l < nlist; ++l) start[l + 1] += start[l];
-    {
-        std::vector<idx_t> fill(start.begin(), start.end() - 1);
-        for (idx_t i = 0; i < nq * nprobe; ++i)
-            if (probes[i] >= 0) members[fill[probes[i]]++] = i / nprobe;
-    }
+    const BucketRows by_list = invert_pairs(probes.data(), nq * nprobe, nprobe, nlist);
     // Work items: (list, row group), largest first for load balance; an item scans list l of
     // every part with the same packed queries. The result does not depend on the order: every
     // reduction uses the total order (score, then lower id).
-    struct Item { idx_t list, r0, r1; double cost; };
-    std::vector<Item> items;
-    for (idx_t l = 0; l < nlist; ++l) {
-        const idx_t m = start[l + 1] - start[l];
-        if (!m) continue;
-        const idx_t size = list_total(l);
-        if (!size) continue;
-        for (idx_t r0 = 0; r0 < m; r0 += kRowGroup) {
-            const idx_t r1 = std::min(m, r0 + kRowGroup);
-            items.push_back({l, r0, r1, static_cast<double>(r1 - r0) * static_cast<double>(size)});
-        }
-    }
-    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+    const std::vector<BucketItem> items = cost_ordered_items(by_list, kRowGroup, list_total);
 
     const int nt = effective_threads(static_cast<idx_t>(items.size()), 1, n_threads);
     std::vector<TopkHeaps> heaps(nt);
@@ -262,19 +243,19 @@ void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, Ma
             used[tid] = 1;
         }
         for (idx_t w = b; w < e; ++w) {
-            const Item& it = items[w];
+            const BucketItem& it = items[w];
             const idx_t rows = it.r1 - it.r0;
-            const idx_t* qids = members.data() + start[it.list] + it.r0;
+            const idx_t* qids = by_list.rows.data() + by_list.start[it.bucket] + it.r0;
             float* a = panel[tid].get(packed_rows_size(kRowGroup, d, mr));
             pack_rows(q.data, q.stride, qids, rows, d, mr, scale, a);
             float* t_thr = thr[tid].data();
             for (idx_t r = 0; r < rows; ++r)
                 t_thr[r] = std::max(h.threshold(qids[r]), shared[qids[r]].load(std::memory_order_relaxed));
             // <q, c_l> of the group's rows: one call, shared by every part's list l.
-            const float* cq = residual ? cterm[tid].compute(K, a, rows, ix.centroids().data(), &it.list, 1, d)
+            const float* cq = residual ? cterm[tid].compute(K, a, rows, ix.centroids().data(), &it.bucket, 1, d)
                                        : nullptr;
             for (const IvfIndex* part : parts) {
-                const List& list = part->lists_[it.list];
+                const List& list = part->lists_[it.bucket];
                 if (!list.size) continue;
                 TileArgs t = base;
                 t.a = a;
@@ -283,7 +264,7 @@ void IvfIndex::search_probed_parts(const std::vector<const IvfIndex*>& parts, Ma
                 t.n_cols = list.size;
                 if (residual) {
                     t.row_bias = cq;
-                    t.row_scale = ix.sq_b_[it.list];
+                    t.row_scale = ix.sq_b_[it.bucket];
                 }
                 HeapSink ctx;
                 ctx.heaps = &h;
