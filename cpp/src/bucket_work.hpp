@@ -1,7 +1,8 @@
 // Bucket-major batches: the (row, bucket) pairs of a batch inverted into per-bucket row sets, and
 // those sets cut into cost-ordered work items. Used where many queries each visit a few buckets
 // (IVF lists in a list-major search, quantizer cells in the two-level coarse stage) and every
-// bucket is best read once for all the queries that visit it.
+// bucket is best read once for all the queries that visit it; with one bucket per row it is the
+// stable grouping of points by label (two-level k-means).
 #pragma once
 
 #include <algorithm>

@@ -13,6 +13,7 @@
 #include <numeric>
 #include <queue>
 
+#include "bucket_work.hpp"
 #include "kmeans_internal.hpp"
 #include "mudg_fast/parallel.hpp"
 #include "mudg_fast/rng.hpp"
@@ -80,16 +81,6 @@ namespace {
 /// The coarse level trains on at most this many points per coarse cluster: its centroids only
 /// partition the data (faiss's two-level clustering uses 2000).
 constexpr idx_t kCoarsePointsPerCentroid = 1024;
-
-/// Counting sort of positions 0..n-1 by label (stable): order, and start[c] of each label.
-void group_by_label(const idx_t* label, idx_t n, idx_t n_labels, std::vector<idx_t>& start, std::vector<idx_t>& order) {
-    start.assign(static_cast<std::size_t>(n_labels + 1), 0);
-    for (idx_t i = 0; i < n; ++i) ++start[label[i] + 1];
-    for (idx_t c = 0; c < n_labels; ++c) start[c + 1] += start[c];
-    order.resize(static_cast<std::size_t>(n));
-    std::vector<idx_t> fill(start.begin(), start.end() - 1);
-    for (idx_t i = 0; i < n; ++i) order[fill[label[i]]++] = i;
-}
 
 /// Largest copy of a coarse cluster's rows that LocalRows makes (assignment + update vectors).
 constexpr double kGatherBytes = 512.0 * (1 << 20);
@@ -190,8 +181,10 @@ KMeansResult two_level_fit(const KMeansData& data, const KMeansParams& p, float*
     std::vector<float> coarse(static_cast<std::size_t>(k1 * d));
     std::vector<idx_t> coarse_lab(static_cast<std::size_t>(n_train));
     lloyd_fit(data, train_rows, n_train, cp, coarse.data(), coarse_lab.data(), /*with_inertia=*/false);
-    std::vector<idx_t> start, order;
-    group_by_label(coarse_lab.data(), n_train, k1, start, order);
+    // Training positions grouped by coarse label (ascending within each cluster).
+    const BucketRows by_coarse = invert_pairs(coarse_lab.data(), n_train, 1, k1);
+    const std::vector<idx_t>& start = by_coarse.start;
+    const std::vector<idx_t>& order = by_coarse.rows;
     std::vector<idx_t> sizes(k1), members(static_cast<std::size_t>(n_train));
     for (idx_t c = 0; c < k1; ++c) sizes[c] = start[c + 1] - start[c];
     for (idx_t i = 0; i < n_train; ++i) members[i] = row(order[i]);  // ascending within each cluster
@@ -253,8 +246,9 @@ KMeansResult two_level_fit(const KMeansData& data, const KMeansParams& p, float*
         assign_to(live.data(), n_live, d, p.spherical, data.assign, arow.empty() ? nullptr : arow.data(), n, lab.data(),
                   nt);
         for (idx_t i = 0; i < n; ++i) lab[i] = live_id[lab[i]];
-        std::vector<idx_t> pstart, porder;
-        group_by_label(lab.data(), n, k1, pstart, porder);
+        const BucketRows by_label = invert_pairs(lab.data(), n, 1, k1);
+        const std::vector<idx_t>& pstart = by_label.start;
+        const std::vector<idx_t>& porder = by_label.rows;
         std::vector<double> pwork(k1, 0.0);
         for (idx_t c : items) pwork[c] = static_cast<double>(pstart[c + 1] - pstart[c]) * static_cast<double>(counts[c]);
         spread_work(items, pwork, nt, [&](idx_t c, int threads) {
